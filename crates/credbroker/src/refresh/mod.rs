@@ -1,0 +1,408 @@
+//! The credential cache and refresher shared by every cloud.
+//!
+//! One [`Slot`] per identity key, each driven by one task that exchanges, publishes and sleeps
+//! until the policy's refresh point. Readers never wait while a valid credential is held; readers
+//! of an empty slot wait on the task's next result instead of starting exchanges of their own, so
+//! a thousand concurrent misses cost one upstream call.
+//!
+//! Fixed keys (the AWS role, the warm Azure resources) are *pinned*: refreshed forever and counted
+//! for readiness. Dynamic keys (a GCP scope set, an Azure resource asked for at run time) are
+//! created on first request, refreshed ahead of expiry the same way while they are being used,
+//! and dropped after `idle_ttl` without readers; at most `max_keys` are held.
+
+pub mod policy;
+pub mod slot;
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::hash::Hash;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use crate::clock::Clock;
+use crate::exchange::{Exchange, ExchangeError, Retry};
+use crate::metrics::{CloudLabels, ExchangeLabels, ExpirySource, Metrics};
+pub use policy::Policy;
+pub use slot::{Issued, Slot, SlotState, Unavailable};
+
+pub trait CacheKey: Clone + Eq + Hash + Display + Send + Sync + 'static {}
+impl<T: Clone + Eq + Hash + Display + Send + Sync + 'static> CacheKey for T {}
+
+/// Limits on the dynamic key space.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyLimits {
+    pub max_keys: usize,
+    pub idle_ttl: Duration,
+}
+
+impl Default for KeyLimits {
+    fn default() -> Self {
+        KeyLimits {
+            max_keys: 256,
+            idle_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+pub struct Cache<K: CacheKey, E: Exchange<K>> {
+    inner: Arc<Inner<K, E>>,
+}
+
+impl<K: CacheKey, E: Exchange<K>> Clone for Cache<K, E> {
+    fn clone(&self) -> Self {
+        Cache {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<K: CacheKey, E: Exchange<K>> {
+    cloud: &'static str,
+    exchanger: Arc<E>,
+    policy: Arc<Policy>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    token_changes: Option<watch::Receiver<u64>>,
+    limits: KeyLimits,
+    slots: Mutex<HashMap<K, Entry<E::Credential>>>,
+}
+
+struct Entry<C> {
+    slot: Arc<Slot<C>>,
+    pinned: bool,
+    task: tokio::task::AbortHandle,
+}
+
+impl<K: CacheKey, E: Exchange<K>> Drop for Inner<K, E> {
+    fn drop(&mut self) {
+        for entry in self.slots.get_mut().values() {
+            entry.task.abort();
+        }
+    }
+}
+
+impl<K: CacheKey, E: Exchange<K>> Cache<K, E> {
+    pub fn new(
+        cloud: &'static str,
+        exchanger: E,
+        policy: Policy,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self::build(
+            cloud,
+            exchanger,
+            policy,
+            clock,
+            metrics,
+            None,
+            KeyLimits::default(),
+        )
+    }
+
+    /// `token_changes` ticks whenever the service-account token changes: a slot that is failing
+    /// retries at once instead of waiting out its backoff (an expired token was just replaced).
+    pub fn build(
+        cloud: &'static str,
+        exchanger: E,
+        policy: Policy,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        token_changes: Option<watch::Receiver<u64>>,
+        limits: KeyLimits,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            cloud,
+            exchanger: Arc::new(exchanger),
+            policy: Arc::new(policy),
+            clock,
+            metrics: metrics.clone(),
+            token_changes,
+            limits,
+            slots: Mutex::new(HashMap::new()),
+        });
+        let weak: Weak<dyn ExpirySource> = Arc::downgrade(&inner) as Weak<Inner<K, E>>;
+        metrics.add_expiry_source(weak);
+        Cache { inner }
+    }
+
+    pub fn cloud(&self) -> &'static str {
+        self.inner.cloud
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    pub fn exchanger(&self) -> &E {
+        &self.inner.exchanger
+    }
+
+    /// A key refreshed for the life of the cache and counted for readiness.
+    pub fn pin(&self, key: K) -> Arc<Slot<E::Credential>> {
+        let mut slots = self.inner.slots.lock();
+        if let Some(entry) = slots.get_mut(&key) {
+            entry.pinned = true;
+            return entry.slot.clone();
+        }
+        self.insert(&mut slots, key, true)
+    }
+
+    /// The slot for `key`, created (and its first exchange started) on first use.
+    pub fn slot(&self, key: &K) -> Arc<Slot<E::Credential>> {
+        let mut slots = self.inner.slots.lock();
+        if let Some(entry) = slots.get(key) {
+            return entry.slot.clone();
+        }
+        let dynamic = slots.values().filter(|e| !e.pinned).count();
+        if dynamic >= self.inner.limits.max_keys {
+            let victim = slots
+                .iter()
+                .filter(|(_, e)| !e.pinned)
+                .max_by_key(|(_, e)| e.slot.idle_for())
+                .map(|(k, _)| k.clone());
+            if let Some(victim) = victim {
+                if let Some(entry) = slots.remove(&victim) {
+                    entry.task.abort();
+                }
+            }
+        }
+        self.insert(&mut slots, key.clone(), false)
+    }
+
+    /// A servable credential for `key`, waiting up to `wait` for an exchange in flight.
+    pub async fn get(
+        &self,
+        key: &K,
+        wait: Duration,
+    ) -> Result<Arc<Issued<E::Credential>>, Unavailable> {
+        self.slot(key).get(wait).await
+    }
+
+    /// `Ok` when every pinned key holds a credential it would serve; else the reasons.
+    pub fn readiness(&self) -> Result<(), String> {
+        let slots = self.inner.slots.lock();
+        let reasons: Vec<String> = slots
+            .iter()
+            .filter(|(_, e)| e.pinned)
+            .filter_map(|(k, e)| e.slot.readiness().err().map(|r| format!("{k}: {r}")))
+            .collect();
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons.join("; "))
+        }
+    }
+
+    /// Number of keys held (pinned and dynamic).
+    pub fn len(&self) -> usize {
+        self.inner.slots.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn insert(
+        &self,
+        slots: &mut HashMap<K, Entry<E::Credential>>,
+        key: K,
+        pinned: bool,
+    ) -> Arc<Slot<E::Credential>> {
+        let slot = Arc::new(Slot::new(self.inner.policy.clone()));
+        let task = tokio::spawn(drive(
+            Arc::downgrade(&self.inner),
+            key.clone(),
+            slot.clone(),
+            pinned,
+        ));
+        slots.insert(
+            key,
+            Entry {
+                slot: slot.clone(),
+                pinned,
+                task: task.abort_handle(),
+            },
+        );
+        slot
+    }
+}
+
+impl<K: CacheKey, E: Exchange<K>> ExpirySource for Inner<K, E> {
+    fn expiries(&self, out: &mut Vec<(&'static str, String, f64)>) {
+        let now = Instant::now();
+        for (key, entry) in self.slots.lock().iter() {
+            entry.slot.with_state(|s| {
+                if let Some(cred) = &s.cred {
+                    out.push((
+                        self.cloud,
+                        key.to_string(),
+                        cred.remaining(now).as_secs_f64(),
+                    ));
+                }
+            });
+        }
+    }
+}
+
+/// The refresh loop of one slot. Holds the cache weakly: it ends when the cache is dropped.
+async fn drive<K: CacheKey, E: Exchange<K>>(
+    cache: Weak<Inner<K, E>>,
+    key: K,
+    slot: Arc<Slot<E::Credential>>,
+    pinned: bool,
+) {
+    let mut failures: u32 = 0;
+    let mut token_changes = match cache.upgrade() {
+        Some(inner) => inner.token_changes.clone(),
+        None => return,
+    };
+    loop {
+        let Some(inner) = cache.upgrade() else { return };
+        let next = attempt(&inner, &key, &slot, &mut failures).await;
+        drop(inner);
+
+        // Sleep until the refresh point. A reader finding nothing servable cuts it short (the
+        // clock jumped, or a credential outlived its refresh point); while failing, a token
+        // change does (the token was the problem more often than not).
+        loop {
+            let failing = slot.has_error();
+            tokio::select! {
+                _ = sleep_until(next) => break,
+                _ = slot.kick.notified(), if !failing => {
+                    if slot.current().is_none() {
+                        break;
+                    }
+                }
+                changed = changed(&mut token_changes), if failing && token_changes.is_some() => {
+                    if changed {
+                        break;
+                    }
+                    token_changes = None;
+                }
+            }
+        }
+
+        if !pinned && slot.idle_for() > idle_ttl(&cache) {
+            if let Some(inner) = cache.upgrade() {
+                let mut slots = inner.slots.lock();
+                if slots.get(&key).is_some_and(|e| Arc::ptr_eq(&e.slot, &slot)) {
+                    slots.remove(&key);
+                }
+            }
+            tracing::debug!(key = %key, "dropping idle credential key");
+            return;
+        }
+    }
+}
+
+fn idle_ttl<K: CacheKey, E: Exchange<K>>(cache: &Weak<Inner<K, E>>) -> Duration {
+    cache
+        .upgrade()
+        .map(|i| i.limits.idle_ttl)
+        .unwrap_or(Duration::ZERO)
+}
+
+async fn changed(rx: &mut Option<watch::Receiver<u64>>) -> bool {
+    match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// One exchange: publish the outcome, return when to try next.
+async fn attempt<K: CacheKey, E: Exchange<K>>(
+    inner: &Inner<K, E>,
+    key: &K,
+    slot: &Slot<E::Credential>,
+    failures: &mut u32,
+) -> Instant {
+    let policy = &inner.policy;
+    slot.start_attempt();
+    let started = Instant::now();
+    let result = match timeout(policy.exchange_timeout, inner.exchanger.exchange(key)).await {
+        Ok(result) => result,
+        Err(_) => Err(ExchangeError::transient(
+            "ExchangeTimeout",
+            format!("no answer within {} s", policy.exchange_timeout.as_secs()),
+        )),
+    };
+    let now = Instant::now();
+    inner
+        .metrics
+        .exchange_seconds
+        .get_or_create(&CloudLabels { cloud: inner.cloud })
+        .observe(now.duration_since(started).as_secs_f64());
+    let result = result.and_then(|fresh| {
+        let expires_at = inner.clock.instant_of(fresh.expires_at);
+        if policy.servable(expires_at, now) {
+            Ok(Issued {
+                value: fresh.value,
+                issued_at: now,
+                expires_at,
+                expires_wall: fresh.expires_at,
+            })
+        } else {
+            Err(ExchangeError::transient(
+                "ExpiredOnArrival",
+                format!(
+                    "upstream issued a credential with {} s left (clock skew?)",
+                    expires_at.saturating_duration_since(now).as_secs()
+                ),
+            ))
+        }
+    });
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(e) if e.retry == Retry::Transient => "transient_error",
+        Err(_) => "permanent_error",
+    };
+    inner
+        .metrics
+        .exchanges
+        .get_or_create(&ExchangeLabels {
+            cloud: inner.cloud,
+            outcome,
+        })
+        .inc();
+    match result {
+        Ok(issued) => {
+            *failures = 0;
+            let at = policy.refresh_at(now, issued.expires_at, rand::random::<f64>());
+            tracing::info!(
+                cloud = inner.cloud,
+                key = %key,
+                expires_in_s = issued.remaining(now).as_secs(),
+                refresh_in_s = at.duration_since(now).as_secs(),
+                "credential obtained"
+            );
+            slot.succeed(Arc::new(issued));
+            at
+        }
+        Err(err) => {
+            *failures = failures.saturating_add(1);
+            let delay = policy.retry_delay(&err, *failures, rand::random::<f64>());
+            let held = slot.current().map(|c| c.remaining(now).as_secs());
+            tracing::warn!(
+                cloud = inner.cloud,
+                key = %key,
+                code = %err.code,
+                message = %err.message,
+                transient = err.is_transient(),
+                failures = *failures,
+                retry_in_ms = delay.as_millis() as u64,
+                serving_old_credential_for_s = held,
+                "exchange failed"
+            );
+            slot.fail(err);
+            now + delay
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+//! One identity's credential: the value, the last error, and the single exchange in flight.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, watch};
+use tokio::time::{Instant, timeout_at};
+
+use super::policy::Policy;
+use crate::exchange::ExchangeError;
+
+/// A credential as held by the cache.
+#[derive(Debug)]
+pub struct Issued<C> {
+    pub value: C,
+    /// When we received it (monotonic).
+    pub issued_at: Instant,
+    /// When it expires (monotonic; converted once from the upstream's wall-clock expiry).
+    pub expires_at: Instant,
+    /// The upstream's wall-clock expiry, for surfaces that print it.
+    pub expires_wall: SystemTime,
+}
+
+impl<C> Issued<C> {
+    /// Time left at `now`, zero once expired.
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.expires_at.saturating_duration_since(now)
+    }
+}
+
+/// What a slot holds. Published through a `watch` channel so waiters wake on every result.
+#[derive(Debug)]
+pub struct SlotState<C> {
+    pub cred: Option<Arc<Issued<C>>>,
+    /// The last attempt's failure; cleared by the next success.
+    pub error: Option<ExchangeError>,
+    pub in_flight: bool,
+    /// Finished attempts, successful or not.
+    pub attempts: u64,
+}
+
+/// Why no credential can be handed out right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The exchange is still running (typically the first one, at start-up).
+    Pending,
+    /// The last exchange failed and nothing valid is held.
+    Failed(ExchangeError),
+}
+
+pub struct Slot<C> {
+    state: watch::Sender<SlotState<C>>,
+    pub(super) kick: Notify,
+    policy: Arc<Policy>,
+    epoch: Instant,
+    last_used_ms: AtomicU64,
+}
+
+impl<C> Slot<C> {
+    pub(super) fn new(policy: Arc<Policy>) -> Self {
+        let (state, _) = watch::channel(SlotState {
+            cred: None,
+            error: None,
+            in_flight: false,
+            attempts: 0,
+        });
+        Slot {
+            state,
+            kick: Notify::new(),
+            policy,
+            epoch: Instant::now(),
+            last_used_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The held credential if it may be served now. The hot path: one uncontended read lock.
+    pub fn current(&self) -> Option<Arc<Issued<C>>> {
+        let now = Instant::now();
+        let state = self.state.borrow();
+        state
+            .cred
+            .as_ref()
+            .filter(|c| self.policy.servable(c.expires_at, now))
+            .cloned()
+    }
+
+    /// A servable credential, waiting up to `wait` for an exchange in flight. Never starts a
+    /// second exchange: concurrent callers all wait on the slot's one task.
+    pub async fn get(&self, wait: Duration) -> Result<Arc<Issued<C>>, Unavailable> {
+        self.touch();
+        if let Some(cred) = self.current() {
+            return Ok(cred);
+        }
+        let deadline = Instant::now() + wait;
+        let mut rx = self.state.subscribe();
+        loop {
+            {
+                let state = rx.borrow_and_update();
+                let now = Instant::now();
+                if let Some(cred) = state
+                    .cred
+                    .as_ref()
+                    .filter(|c| self.policy.servable(c.expires_at, now))
+                {
+                    return Ok(cred.clone());
+                }
+                if !state.in_flight {
+                    if let Some(err) = &state.error {
+                        // Backing off: answer now rather than hammer upstream.
+                        return Err(Unavailable::Failed(err.clone()));
+                    }
+                    // Nothing held, nothing failed, nothing running: wake the refresher.
+                    self.kick.notify_one();
+                }
+            }
+            match timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return Err(Unavailable::Pending),
+            }
+        }
+    }
+
+    /// `Ok` when a credential would be served now, else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.current().is_some() {
+            return Ok(());
+        }
+        let state = self.state.borrow();
+        match (&state.error, &state.cred) {
+            (Some(err), _) => Err(format!("last exchange failed: {err}")),
+            (None, Some(_)) => Err("credential expired; refresh pending".into()),
+            (None, None) => Err("first exchange in progress".into()),
+        }
+    }
+
+    /// A snapshot of the whole state (for `check`, tests and diagnostics).
+    pub fn with_state<R>(&self, f: impl FnOnce(&SlotState<C>) -> R) -> R {
+        f(&self.state.borrow())
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<SlotState<C>> {
+        self.state.subscribe()
+    }
+
+    pub(super) fn has_error(&self) -> bool {
+        self.state.borrow().error.is_some()
+    }
+
+    pub(super) fn start_attempt(&self) {
+        self.state.send_modify(|s| s.in_flight = true);
+    }
+
+    pub(super) fn succeed(&self, cred: Arc<Issued<C>>) {
+        self.state.send_modify(|s| {
+            s.cred = Some(cred);
+            s.error = None;
+            s.in_flight = false;
+            s.attempts += 1;
+        });
+    }
+
+    pub(super) fn fail(&self, err: ExchangeError) {
+        self.state.send_modify(|s| {
+            s.error = Some(err);
+            s.in_flight = false;
+            s.attempts += 1;
+        });
+    }
+
+    fn touch(&self) {
+        let ms = Instant::now().duration_since(self.epoch).as_millis() as u64;
+        self.last_used_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long since a reader last asked for this credential.
+    pub(super) fn idle_for(&self) -> Duration {
+        let used = self.epoch + Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed));
+        Instant::now().saturating_duration_since(used)
+    }
+}
