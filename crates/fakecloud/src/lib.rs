@@ -1,1 +1,177 @@
+//! Emulated clouds for credbroker's demo and tests.
+//!
+//! - [`issuer`]: a local OIDC issuer minting kubelet-shaped service-account tokens.
+//! - [`kubelet`]: a projected token volume with kubelet's `..data` symlink swap.
+//! - [`faults`] and [`http`]: fault injection and the server every fake runs on.
+//! - [`aws`]: a faithful fake of STS `AssumeRoleWithWebIdentity`.
+//! - [`Cloudscape`]: all of the above started together.
 
+pub mod aws;
+pub mod faults;
+pub mod http;
+pub mod issuer;
+pub mod kubelet;
+pub mod oidc;
+mod timefmt;
+
+use serde_json::json;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use faults::{Fault, Faults};
+pub use issuer::{Issuer, ServiceAccount, VerifiedToken, VerifyError};
+pub use kubelet::ProjectedToken;
+
+use aws::{DEFAULT_REGION, DEMO_ACCOUNT, DEMO_ROLE_ARN, FakeSts, FakeStsHandle, STS_AUDIENCE};
+use http::{ServeOptions, ServerHandle, serve_listener};
+use oidc::IssuerServer;
+
+/// Options for [`Cloudscape::start`].
+#[derive(Debug, Clone)]
+pub struct CloudscapeOptions {
+    /// Token volumes go under `state_dir/tokens/<cloud>/`.
+    pub state_dir: PathBuf,
+    /// Lifetime of minted tokens (kubelet's default `expirationSeconds` is 3600).
+    pub token_lifetime: Duration,
+    /// Rotate every token on this period; `None` rotates only on request.
+    pub rotate_every: Option<Duration>,
+    pub service_account: ServiceAccount,
+}
+
+impl CloudscapeOptions {
+    pub fn new(state_dir: impl Into<PathBuf>) -> CloudscapeOptions {
+        CloudscapeOptions {
+            state_dir: state_dir.into(),
+            ..CloudscapeOptions::default()
+        }
+    }
+}
+
+impl Default for CloudscapeOptions {
+    fn default() -> Self {
+        CloudscapeOptions {
+            state_dir: std::env::temp_dir().join(format!("fakecloud-{}", std::process::id())),
+            token_lifetime: Duration::from_secs(3600),
+            rotate_every: None,
+            service_account: ServiceAccount::default(),
+        }
+    }
+}
+
+/// An issuer, its projected tokens and every fake cloud, on loopback ephemeral ports.
+/// Dropping it stops the servers and rotation.
+#[derive(Debug)]
+pub struct Cloudscape {
+    pub issuer: Arc<Issuer>,
+    pub issuer_server: Arc<IssuerServer>,
+    pub aws_token: Arc<ProjectedToken>,
+    pub sts: FakeStsHandle,
+    issuer_handle: ServerHandle,
+    rotation: AbortOnDrop,
+}
+
+/// Background tasks aborted when the owner goes away.
+#[derive(Debug, Default)]
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+impl Cloudscape {
+    pub async fn start(opts: CloudscapeOptions) -> io::Result<Cloudscape> {
+        let state_dir = std::path::absolute(&opts.state_dir)?;
+        std::fs::create_dir_all(&state_dir)?;
+        let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+
+        // The issuer URL embeds the port, so bind before building the issuer.
+        let listener = TcpListener::bind(loopback).await?;
+        let issuer = Arc::new(Issuer::new(format!("http://{}", listener.local_addr()?)));
+        let issuer_server = Arc::new(IssuerServer::new(issuer.clone()));
+
+        let aws_token = Arc::new(ProjectedToken::create(
+            &token_dir(&state_dir, "aws"),
+            issuer.clone(),
+            opts.service_account.clone(),
+            STS_AUDIENCE,
+            opts.token_lifetime,
+        )?);
+        issuer_server.register(aws_token.clone());
+        let issuer_handle =
+            serve_listener(issuer_server.clone(), listener, ServeOptions::default())?;
+
+        let sts = FakeSts::start(issuer.clone(), loopback).await?;
+        sts.trust(DEMO_ROLE_ARN, &opts.service_account.subject());
+
+        let mut rotation = AbortOnDrop::default();
+        if let Some(every) = opts.rotate_every {
+            rotation.0.push(aws_token.spawn_rotation(every));
+        }
+        Ok(Cloudscape {
+            issuer,
+            issuer_server,
+            aws_token,
+            sts,
+            issuer_handle,
+            rotation,
+        })
+    }
+
+    /// The issuer URL, `http://127.0.0.1:PORT`.
+    pub fn issuer_url(&self) -> &str {
+        self.issuer.url()
+    }
+
+    /// The issuer server (discovery, JWKS, `/_fake/rotate`).
+    pub fn issuer_handle(&self) -> &ServerHandle {
+        &self.issuer_handle
+    }
+
+    /// Rotates every projected token now; returns how many.
+    pub fn rotate_tokens(&self) -> io::Result<usize> {
+        self.issuer_server.rotate_all()
+    }
+
+    /// Endpoints and paths, as written to the ready file of `fakecloud run`.
+    pub fn describe(&self) -> serde_json::Value {
+        json!({
+            "issuer": self.issuer.url(),
+            "tokens": {
+                "aws": self.aws_token.path(),
+            },
+            "aws": {
+                "sts_endpoint": self.sts.url(),
+                "admin": self.sts.admin_url(),
+                "role_arn": DEMO_ROLE_ARN,
+                "region": DEFAULT_REGION,
+                "account": DEMO_ACCOUNT,
+            },
+        })
+    }
+
+    /// Stops rotation and every server.
+    pub async fn shutdown(self) {
+        let Cloudscape {
+            sts,
+            issuer_handle,
+            rotation,
+            ..
+        } = self;
+        drop(rotation);
+        sts.shutdown().await;
+        issuer_handle.shutdown().await;
+    }
+}
+
+fn token_dir(state_dir: &Path, cloud: &str) -> PathBuf {
+    state_dir.join("tokens").join(cloud)
+}
