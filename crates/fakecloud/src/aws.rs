@@ -88,10 +88,12 @@ struct Role {
 
 impl Role {
     fn trusts(&self, subject: &str) -> bool {
-        self.subjects.iter().any(|pattern| match pattern.strip_suffix('*') {
-            Some(prefix) => subject.starts_with(prefix),
-            None => pattern == subject,
-        })
+        self.subjects
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => subject.starts_with(prefix),
+                None => pattern == subject,
+            })
     }
 }
 
@@ -173,16 +175,26 @@ pub fn status_for_code(code: &str) -> u16 {
 fn default_message(code: &str) -> &'static str {
     match code {
         "InvalidIdentityToken" => "Incorrect token audience",
-        "ExpiredTokenException" => "Token expired: current date/time must be before the expiration date/time",
-        "IDPCommunicationError" => "Couldn't retrieve verification key from your identity provider, please reference AssumeRoleWithWebIdentity documentation for requirements",
+        "ExpiredTokenException" => {
+            "Token expired: current date/time must be before the expiration date/time"
+        }
+        "IDPCommunicationError" => {
+            "Couldn't retrieve verification key from your identity provider, please reference AssumeRoleWithWebIdentity documentation for requirements"
+        }
         "IDPRejectedClaim" => "The identity provider rejected the claim",
         "AccessDenied" => "Not authorized to perform sts:AssumeRoleWithWebIdentity",
-        "RegionDisabledException" => "STS is not activated in this region for account:123456789012. Your account administrator can activate STS in this region using the IAM Console.",
+        "RegionDisabledException" => {
+            "STS is not activated in this region for account:123456789012. Your account administrator can activate STS in this region using the IAM Console."
+        }
         "Throttling" => "Rate exceeded",
-        "InternalFailure" => "The request processing has failed because of an unknown error, exception or failure.",
+        "InternalFailure" => {
+            "The request processing has failed because of an unknown error, exception or failure."
+        }
         "ServiceUnavailable" => "Service is unavailable. Please try again later.",
         "MalformedPolicyDocument" => "The policy is not in the valid JSON format.",
-        "PackedPolicyTooLarge" => "The total packed size of the session policies and session tags exceeds the limit.",
+        "PackedPolicyTooLarge" => {
+            "The total packed size of the session policies and session tags exceeds the limit."
+        }
         _ => "Injected error",
     }
 }
@@ -575,7 +587,8 @@ impl Fake for FakeSts {
             _ => "InternalFailure",
         };
         let mut resp = error_response(code, default_message(code), retry_after);
-        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        *resp.status_mut() =
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         resp
     }
 
@@ -676,10 +689,12 @@ fn role_id(role_arn: &str) -> String {
 /// Lower-case hex SHA-256.
 pub fn sha256_hex(s: &str) -> String {
     let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes());
-    hash.as_ref().iter().fold(String::with_capacity(64), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    hash.as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
 #[cfg(test)]
@@ -689,7 +704,10 @@ mod tests {
     #[test]
     fn role_arns() {
         let arn = parse_role_arn(DEMO_ROLE_ARN).unwrap();
-        assert_eq!((arn.partition, arn.account, arn.name), ("aws", DEMO_ACCOUNT, "credbroker-demo"));
+        assert_eq!(
+            (arn.partition, arn.account, arn.name),
+            ("aws", DEMO_ACCOUNT, "credbroker-demo")
+        );
         let arn = parse_role_arn("arn:aws-cn:iam::123456789012:role/path/to/r").unwrap();
         assert_eq!(arn.name, "r");
         assert!(parse_role_arn("arn:aws:iam::123:role/x").is_none());
@@ -711,6 +729,9 @@ mod tests {
         assert_eq!(id.len(), 21);
         assert_eq!(id, role_id(DEMO_ROLE_ARN));
         assert!(session_token().len() >= 300);
-        assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

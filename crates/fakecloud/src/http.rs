@@ -118,7 +118,11 @@ impl ServerHandle {
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             ip => ip,
         };
-        format!("{}://{}", self.scheme, SocketAddr::new(ip, self.addr.port()))
+        format!(
+            "{}://{}",
+            self.scheme,
+            SocketAddr::new(ip, self.addr.port())
+        )
     }
 
     /// `<url>/_fake`.

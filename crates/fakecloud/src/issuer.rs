@@ -158,6 +158,18 @@ impl Issuer {
         }
     }
 
+    /// The same signing key under another issuer URL: its tokens verify against this
+    /// issuer's JWKS but carry a different `iss` (tests of `WrongIssuer`).
+    pub fn with_url(&self, issuer_url: impl Into<String>) -> Issuer {
+        Issuer {
+            url: issuer_url.into(),
+            kid: self.kid.clone(),
+            encoding: self.encoding.clone(),
+            n: self.n.clone(),
+            e: self.e.clone(),
+        }
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -239,23 +251,24 @@ impl Issuer {
     /// Verifies signature (against the JWKS components), `exp` (no leeway), `nbf`, `iss` and
     /// that `aud` contains `audience`.
     pub fn verify(&self, token: &str, audience: &str) -> Result<VerifiedToken, VerifyError> {
-        let key =
-            DecodingKey::from_rsa_components(&self.n, &self.e).map_err(|_| VerifyError::Malformed)?;
+        let key = DecodingKey::from_rsa_components(&self.n, &self.e)
+            .map_err(|_| VerifyError::Malformed)?;
         let mut validation = Validation::new(Algorithm::RS256);
         validation.leeway = 0;
         validation.validate_nbf = true;
         validation.set_audience(&[audience]);
         validation.set_issuer(&[&self.url]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|err| {
-            match err.kind() {
-                ErrorKind::InvalidSignature => VerifyError::BadSignature,
-                ErrorKind::ExpiredSignature => VerifyError::Expired,
-                ErrorKind::InvalidAudience => VerifyError::WrongAudience,
-                ErrorKind::InvalidIssuer => VerifyError::WrongIssuer,
-                _ => VerifyError::Malformed,
-            }
-        })?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|err| {
+                match err.kind() {
+                    ErrorKind::InvalidSignature => VerifyError::BadSignature,
+                    ErrorKind::ExpiredSignature => VerifyError::Expired,
+                    ErrorKind::InvalidAudience => VerifyError::WrongAudience,
+                    ErrorKind::InvalidIssuer => VerifyError::WrongIssuer,
+                    _ => VerifyError::Malformed,
+                }
+            })?;
         let claims = data.claims;
         Ok(VerifiedToken {
             subject: claims.sub,
@@ -308,7 +321,9 @@ mod der {
             if n == 0 || n > 4 || rest.len() < n {
                 return None;
             }
-            let len = rest[..n].iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
             (len, &rest[n..])
         };
         if rest.len() < len {

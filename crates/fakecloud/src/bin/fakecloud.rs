@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "fakecloud", version, about = "Emulated clouds for credbroker tests and demos")]
+#[command(
+    name = "fakecloud",
+    version,
+    about = "Emulated clouds for credbroker tests and demos"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
