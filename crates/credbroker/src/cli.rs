@@ -1,0 +1,123 @@
+//! Command-line interface. Every flag also reads `CREDBROKER_<FLAG>`; flags win.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::clouds::CloudFlags;
+
+/// The credential listener's default: loopback only, a fixed port applications are pointed at.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8189";
+/// The ops listener's default: all interfaces, because kubelet probes the pod IP.
+pub const DEFAULT_OPS_LISTEN: &str = "0.0.0.0:8190";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "credbroker",
+    version,
+    about = "Short-lived cloud credentials for Kubernetes workloads, served in the clouds' own metadata formats"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format.
+    #[arg(long, global = true, env = "CREDBROKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log level or tracing filter (error, warn, info, debug, trace, or e.g. "credbroker=debug").
+    #[arg(
+        long,
+        global = true,
+        env = "CREDBROKER_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the sidecar: watch the token file(s), exchange, cache, serve.
+    Serve(ServeArgs),
+    /// Run a self-contained demo: local issuer, emulated clouds and the broker, all clouds enabled.
+    Demo(DemoArgs),
+    /// Print the application container's environment for the current configuration.
+    Env(ServeArgs),
+    /// One exchange per enabled cloud; a redacted summary; exit 0 only if all succeeded.
+    Check(ServeArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub clouds: CloudFlags,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Credential listener (all metadata surfaces). Loopback unless --allow-non-loopback.
+    #[arg(long, env = "CREDBROKER_LISTEN", default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// Permit a non-loopback --listen (anyone who can reach it gets credentials).
+    #[arg(long, env = "CREDBROKER_ALLOW_NON_LOOPBACK")]
+    pub allow_non_loopback: bool,
+
+    /// Operations listener: /healthz, /readyz, /readyz/<cloud>, /metrics.
+    #[arg(long, env = "CREDBROKER_OPS_LISTEN", default_value = DEFAULT_OPS_LISTEN, value_name = "ADDR")]
+    pub ops_listen: SocketAddr,
+
+    /// Extra CA certificates (PEM) trusted for every upstream, on top of the system roots.
+    #[arg(long, env = "CREDBROKER_UPSTREAM_CA_FILE", value_name = "PATH")]
+    pub upstream_ca_file: Option<PathBuf>,
+
+    /// Write files holding secrets (the AWS auth token, OCI files) with mode 0640 instead of
+    /// 0600, for a volume shared with the application through fsGroup.
+    #[arg(long, env = "CREDBROKER_GROUP_READABLE_FILES")]
+    pub group_readable_files: bool,
+
+    /// Most concurrent connections on the credential listener.
+    #[arg(
+        long,
+        env = "CREDBROKER_MAX_CONNECTIONS",
+        default_value_t = 1024,
+        value_name = "N"
+    )]
+    pub max_connections: usize,
+
+    /// After binding, write `credentials=ADDR` and `ops=ADDR` lines here (for ports chosen with :0).
+    #[arg(long, env = "CREDBROKER_ADDR_FILE", value_name = "PATH")]
+    pub addr_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Credential listener for the demo broker.
+    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// Ops listener for the demo broker.
+    #[arg(long, default_value = "127.0.0.1:8190", value_name = "ADDR")]
+    pub ops_listen: SocketAddr,
+
+    /// Where the demo keeps its tokens and files (default: a new temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Rotate the projected tokens this often, as kubelet does (seconds).
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub rotate_every: u64,
+
+    /// Exit after this many seconds instead of waiting for Ctrl-C (for scripted runs).
+    #[arg(long, value_name = "SECS")]
+    pub exit_after: Option<u64>,
+}

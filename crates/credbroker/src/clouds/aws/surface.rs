@@ -1,0 +1,356 @@
+//! AWS surfaces: container credentials (`/v1/credentials`) and IMDSv2 (`/latest/...`), exactly as
+//! reference/aws.md §2–§3 describe. Bodies are rendered once per credential, not per request.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_lc_rs::hmac;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Method};
+use serde::Serialize;
+
+use super::config::RoleArn;
+use super::sts::StsCredentials;
+use crate::clock::Clock;
+use crate::http::guard;
+use crate::http::server::{Resp, json, respond, text};
+use crate::refresh::{Slot, Unavailable};
+use crate::secret::{Secret, constant_time_eq};
+use crate::surface::{BoxFuture, Surface};
+use crate::timefmt::format_rfc3339;
+
+/// How long a request waits for an exchange in flight. botocore's IMDS timeout is 1 s and its
+/// container timeout 2 s: answer (503, retried) before they give up.
+const WAIT: Duration = Duration::from_millis(900);
+
+/// A credential with its two response bodies pre-rendered.
+pub struct AwsCredential {
+    pub sts: StsCredentials,
+    pub container_body: Bytes,
+    pub imds_body: Bytes,
+}
+
+impl std::fmt::Debug for AwsCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsCredential")
+            .field("sts", &self.sts)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ContainerBody<'a> {
+    access_key_id: &'a str,
+    secret_access_key: &'a str,
+    token: &'a str,
+    expiration: &'a str,
+    account_id: &'a str,
+    role_arn: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ImdsBody<'a> {
+    code: &'a str,
+    last_updated: &'a str,
+    #[serde(rename = "Type")]
+    kind: &'a str,
+    access_key_id: &'a str,
+    secret_access_key: &'a str,
+    token: &'a str,
+    expiration: &'a str,
+}
+
+/// Owns a rendered body holding secrets and wipes it when the last `Bytes` clone drops.
+struct Wiped(Vec<u8>);
+
+impl AsRef<[u8]> for Wiped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+fn wiped_json<T: Serialize>(value: &T) -> Bytes {
+    // Serialising plain strings cannot fail.
+    Bytes::from_owner(Wiped(serde_json::to_vec(value).unwrap_or_default()))
+}
+
+impl AwsCredential {
+    pub fn render(sts: StsCredentials, role: &RoleArn, last_updated: SystemTime) -> Self {
+        let expiration = format_rfc3339(sts.expiration);
+        let container_body = wiped_json(&ContainerBody {
+            access_key_id: &sts.access_key_id,
+            secret_access_key: sts.secret_access_key.expose(),
+            token: sts.session_token.expose(),
+            expiration: &expiration,
+            account_id: &role.account,
+            role_arn: &role.arn,
+        });
+        let imds_body = wiped_json(&ImdsBody {
+            code: "Success",
+            last_updated: &format_rfc3339(last_updated),
+            kind: "AWS-HMAC",
+            access_key_id: &sts.access_key_id,
+            secret_access_key: sts.secret_access_key.expose(),
+            token: sts.session_token.expose(),
+            expiration: &expiration,
+        });
+        AwsCredential {
+            sts,
+            container_body,
+            imds_body,
+        }
+    }
+}
+
+/// `{"Code":…,"Message":…}` — the error shape Go, Rust and JS SDKs decode.
+fn error_body(status: u16, code: &str, message: &str) -> Resp {
+    json(
+        status,
+        serde_json::json!({ "Code": code, "Message": message }).to_string(),
+    )
+}
+
+/// No credential: 503 (retried by every SDK) unless upstream denied us for good, then its 4xx.
+fn unavailable(u: &Unavailable) -> Resp {
+    match u {
+        Unavailable::Pending => error_body(
+            503,
+            "CredentialsPending",
+            "credentials are being fetched; retry shortly",
+        ),
+        Unavailable::Failed(e) if e.is_transient() => error_body(503, &e.code, &e.message),
+        Unavailable::Failed(e) => {
+            let status = e
+                .status
+                .filter(|s| (400..500).contains(s) && *s != 429)
+                .unwrap_or(403);
+            error_body(status, &e.code, &e.message)
+        }
+    }
+}
+
+// === impl ContainerSurface ===
+
+/// `GET /v1/credentials` with `Authorization: <token>` (AWS_CONTAINER_CREDENTIALS_FULL_URI).
+pub struct ContainerSurface {
+    pub(super) slot: Arc<Slot<AwsCredential>>,
+    pub(super) auth: Secret,
+}
+
+impl ContainerSurface {
+    async fn serve(&self, req: &Parts) -> Resp {
+        if let Err(refusal) = guard::check(req) {
+            return error_body(403, "AccessDenied", refusal.message());
+        }
+        if req.method != Method::GET && req.method != Method::HEAD {
+            return error_body(405, "MethodNotAllowed", "use GET");
+        }
+        let presented = req.headers.get(http::header::AUTHORIZATION);
+        match presented {
+            None => return error_body(401, "Unauthorized", "the Authorization header is required"),
+            Some(v) if !constant_time_eq(v.as_bytes(), self.auth.expose().as_bytes()) => {
+                return error_body(
+                    403,
+                    "AccessDenied",
+                    "the Authorization header does not match",
+                );
+            }
+            Some(_) => {}
+        }
+        match self.slot.get(WAIT).await {
+            Ok(cred) => respond(200, "application/json", cred.value.container_body.clone()),
+            Err(u) => unavailable(&u),
+        }
+    }
+}
+
+impl Surface for ContainerSurface {
+    fn name(&self) -> &'static str {
+        "aws-container"
+    }
+
+    fn claims(&self, path: &str) -> bool {
+        path == "/v1/credentials" || path == "/v1/credentials/"
+    }
+
+    fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {
+        Box::pin(self.serve(req))
+    }
+}
+
+// === impl ImdsSurface ===
+
+/// IMDSv2: `PUT /latest/api/token`, then `GET /latest/meta-data/...` with the session token.
+pub struct ImdsSurface {
+    pub(super) slot: Arc<Slot<AwsCredential>>,
+    pub(super) role: RoleArn,
+    pub(super) region: Option<String>,
+    pub(super) sessions: ImdsSessions,
+}
+
+const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+
+impl ImdsSurface {
+    async fn serve(&self, req: &Parts) -> Resp {
+        if let Err(refusal) = guard::check(req) {
+            return text(403, refusal.message());
+        }
+        let path = req.uri.path();
+        if path == "/latest/api/token" {
+            return self.put_token(req);
+        }
+        if req.method != Method::GET && req.method != Method::HEAD {
+            return text(405, "Method Not Allowed\n");
+        }
+        let session = req.headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok());
+        if !session.is_some_and(|t| self.sessions.verify(t)) {
+            return text(
+                401,
+                "Unauthorized: a valid x-aws-ec2-metadata-token header is required (IMDSv2)\n",
+            );
+        }
+        const CREDS: &str = "/latest/meta-data/iam/security-credentials";
+        match path {
+            "/latest/meta-data/iam/security-credentials"
+            | "/latest/meta-data/iam/security-credentials/" => text(200, self.role.name.clone()),
+            "/latest/meta-data/iam/info" => self.info().await,
+            "/latest/meta-data/placement/region" => match &self.region {
+                Some(r) => text(200, r.clone()),
+                None => text(404, "Not Found\n"),
+            },
+            "/latest/dynamic/instance-identity/document" => self.identity_document(),
+            p => match p.strip_prefix(CREDS).and_then(|r| r.strip_prefix('/')) {
+                Some(name) if name.trim_end_matches('/') == self.role.name => {
+                    match self.slot.get(WAIT).await {
+                        // Real IMDS serves this JSON as text/plain.
+                        Ok(cred) => respond(200, "text/plain", cred.value.imds_body.clone()),
+                        Err(u) => unavailable(&u),
+                    }
+                }
+                _ => text(404, "Not Found\n"),
+            },
+        }
+    }
+
+    fn put_token(&self, req: &Parts) -> Resp {
+        if req.method != Method::PUT {
+            return text(405, "Method Not Allowed\n");
+        }
+        let ttl = req
+            .headers
+            .get(TTL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|t| (1..=21_600).contains(t));
+        let Some(ttl) = ttl else {
+            return text(
+                400,
+                "Bad Request: x-aws-ec2-metadata-token-ttl-seconds must be 1..21600\n",
+            );
+        };
+        let mut resp = text(200, self.sessions.issue(ttl));
+        resp.headers_mut()
+            .insert(TTL_HEADER, HeaderValue::from(ttl));
+        resp
+    }
+
+    async fn info(&self) -> Resp {
+        let updated = match self.slot.get(WAIT).await {
+            Ok(cred) => {
+                format_rfc3339(cred.expires_wall - cred.expires_at.duration_since(cred.issued_at))
+            }
+            Err(u) => return unavailable(&u),
+        };
+        let body = serde_json::json!({
+            "Code": "Success",
+            "LastUpdated": updated,
+            "InstanceProfileArn": format!("arn:{}:iam::{}:instance-profile/{}", self.role.partition, self.role.account, self.role.name),
+            "InstanceProfileId": "AIPACREDBROKER000000",
+        });
+        respond(200, "text/plain", body.to_string())
+    }
+
+    fn identity_document(&self) -> Resp {
+        let body = serde_json::json!({
+            "accountId": self.role.account,
+            "region": self.region,
+            "instanceId": "i-credbroker",
+        });
+        respond(200, "text/plain", body.to_string())
+    }
+}
+
+impl Surface for ImdsSurface {
+    fn name(&self) -> &'static str {
+        "aws-imds"
+    }
+
+    fn claims(&self, path: &str) -> bool {
+        path.starts_with("/latest/")
+    }
+
+    fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {
+        Box::pin(self.serve(req))
+    }
+}
+
+// === impl ImdsSessions ===
+
+/// Stateless IMDSv2 session tokens: `expiry.nonce.hmac`, keyed per process. Verifying needs no
+/// table, so a flood of token PUTs costs no memory.
+pub struct ImdsSessions {
+    key: hmac::Key,
+    clock: Arc<dyn Clock>,
+}
+
+impl ImdsSessions {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        // Generating a key only fails if the OS RNG does, which is fatal anyway.
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).expect("system RNG available");
+        ImdsSessions { key, clock }
+    }
+
+    pub fn issue(&self, ttl_secs: u32) -> String {
+        let expiry = self.clock.unix_secs() + u64::from(ttl_secs);
+        let nonce: [u8; 12] = rand::random();
+        let payload = format!("{expiry}.{}", URL_SAFE_NO_PAD.encode(nonce));
+        let tag = hmac::sign(&self.key, payload.as_bytes());
+        format!("{payload}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    }
+
+    pub fn verify(&self, token: &str) -> bool {
+        if token.len() > 128 {
+            return false;
+        }
+        let Some((payload, tag)) = token.rsplit_once('.') else {
+            return false;
+        };
+        let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else {
+            return false;
+        };
+        if hmac::verify(&self.key, payload.as_bytes(), &tag).is_err() {
+            return false;
+        }
+        let expiry = payload
+            .split('.')
+            .next()
+            .and_then(|e| e.parse::<u64>().ok());
+        expiry.is_some_and(|e| e > self.clock.unix_secs())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,120 @@
+//! `credbroker demo`: the emulated clouds and the broker in one process, no network needed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fakecloud::{Cloudscape, CloudscapeOptions};
+use tokio::sync::watch;
+
+use crate::app::{self, AppError};
+use crate::cli::{CommonArgs, DemoArgs, ServeArgs};
+use crate::clouds::{CloudFlags, aws};
+use crate::config::Env;
+
+pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<(), AppError> {
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("credbroker-demo-{}", std::process::id()))
+    });
+    let scape = Cloudscape::start(CloudscapeOptions {
+        state_dir: state_dir.clone(),
+        rotate_every: Some(Duration::from_secs(args.rotate_every.max(1))),
+        ..CloudscapeOptions::default()
+    })
+    .await
+    .map_err(|e| {
+        AppError::Runtime(format!(
+            "cannot start the emulated clouds in {}: {e}",
+            state_dir.display()
+        ))
+    })?;
+
+    let mut env = Env::default();
+    env.set("AWS_ROLE_ARN", fakecloud::aws::DEMO_ROLE_ARN);
+    env.set(
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        scape.aws_token.path().display().to_string(),
+    );
+    env.set("AWS_ENDPOINT_URL_STS", scape.sts.url());
+    env.set("AWS_REGION", fakecloud::aws::DEFAULT_REGION);
+    env.set("AWS_ROLE_SESSION_NAME", "credbroker-demo");
+
+    let aws_auth: PathBuf = state_dir.join("aws-auth-token");
+    let serve_args = ServeArgs {
+        common: CommonArgs {
+            listen: args.listen,
+            allow_non_loopback: false,
+            ops_listen: args.ops_listen,
+            upstream_ca_file: None,
+            group_readable_files: false,
+            max_connections: 1024,
+            addr_file: None,
+        },
+        clouds: CloudFlags {
+            aws: aws::Flags {
+                aws_auth_token_file: Some(aws_auth.clone()),
+                ..aws::Flags::default()
+            },
+        },
+    };
+
+    let exports = app::env_lines(&serve_args, &env)?;
+    let listen = args.listen;
+    let ops = args.ops_listen;
+    println!(
+        "credbroker demo: emulated clouds under {}",
+        state_dir.display()
+    );
+    println!("  OIDC issuer   {}", scape.issuer_url());
+    println!(
+        "  AWS STS       {}  (role {})",
+        scape.sts.url(),
+        fakecloud::aws::DEMO_ROLE_ARN
+    );
+    println!(
+        "  tokens rotate every {} s, kubelet-style",
+        args.rotate_every
+    );
+    println!();
+    print!("{exports}");
+    println!();
+    println!("# Check it (another terminal):");
+    println!("curl -s http://{ops}/readyz");
+    println!(
+        "curl -s -H \"Authorization: $(cat {})\" http://{listen}/v1/credentials",
+        aws_auth.display()
+    );
+    println!(
+        "TOKEN=$(curl -s -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://{listen}/latest/api/token) && \
+         curl -s -H \"X-aws-ec2-metadata-token: $TOKEN\" http://{listen}/latest/meta-data/iam/security-credentials/{}",
+        fakecloud::aws::DEMO_ROLE_ARN
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+    );
+    println!(
+        "# with boto3 installed: env -i PATH=\"$PATH\" AWS_CONTAINER_CREDENTIALS_FULL_URI=http://{listen}/v1/credentials \
+         AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={} AWS_REGION=us-east-1 python3 -c 'import boto3; print(boto3.Session().get_credentials().get_frozen_credentials().access_key)'",
+        aws_auth.display()
+    );
+    println!();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let exit_after = args.exit_after;
+    tokio::spawn(async move {
+        match exit_after {
+            Some(secs) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
+                    _ = crate::http::server::stopped(&mut shutdown) => {}
+                }
+            }
+            None => {
+                crate::http::server::stopped(&mut shutdown).await;
+            }
+        }
+        let _ = stop_tx.send(true);
+    });
+    let result = app::serve(serve_args, env, stop_rx).await;
+    drop(scape);
+    result
+}

@@ -1,0 +1,5 @@
+//! HTTP plumbing shared by the credential listener, the ops listener and the exchangers.
+
+pub mod client;
+pub mod guard;
+pub mod server;

@@ -1,0 +1,132 @@
+//! The HTTP/1.1 server both listeners use: keep-alive, a header-read timeout (slow clients),
+//! a header-size cap, a cap on concurrent connections, and graceful drain on shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+pub type Resp = Response<Full<Bytes>>;
+
+/// Handles a request head; bodies are never read (no credential request has one).
+pub trait Handler: Send + Sync + 'static {
+    fn call(&self, req: Parts) -> impl Future<Output = Resp> + Send;
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Time allowed for a request's headers to arrive, and for an idle keep-alive connection.
+    pub header_read_timeout: Duration,
+    /// Bytes of request line plus headers (hyper's read buffer).
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_connections: 1024,
+        }
+    }
+}
+
+/// How long in-flight requests get to finish after shutdown begins.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Serves until `shutdown` turns true, then stops accepting and drains in-flight connections.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    limits: ServerLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    loop {
+        // Connections past the cap wait in the kernel's backlog instead of costing memory here.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let (stream, _peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let handler = handler.clone();
+            async move {
+                let (parts, _body) = req.into_parts();
+                Ok::<_, Infallible>(handler.call(parts).await)
+            }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain timeout; closing them");
+    }
+}
+
+/// A response with a body and content type.
+pub fn respond(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+pub fn text(status: u16, body: impl Into<Bytes>) -> Resp {
+    respond(status, "text/plain; charset=utf-8", body)
+}
+
+pub fn json(status: u16, body: impl Into<Bytes>) -> Resp {
+    respond(status, "application/json", body)
+}
+
+/// Resolves once `rx` reads true (or its sender is gone).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

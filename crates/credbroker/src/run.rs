@@ -1,0 +1,91 @@
+//! Entry point behind `main`: logging, the runtime, signals, and the subcommand.
+
+use std::process::ExitCode;
+
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+use crate::app::{self, AppError};
+use crate::cli::{Cli, Command, LogFormat};
+use crate::config::Env;
+
+pub fn run(cli: Cli) -> ExitCode {
+    init_logging(cli.log_format, &cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("credbroker: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let env = Env::from_process();
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => app::serve(args, env, shutdown_signal())
+                .await
+                .map(|()| true),
+            Command::Demo(args) => crate::demo::run(args, shutdown_signal())
+                .await
+                .map(|()| true),
+            Command::Env(args) => {
+                let lines = app::env_lines(&args, &env)?;
+                print!("{lines}");
+                Ok(true)
+            }
+            Command::Check(args) => app::check(args, env, &mut std::io::stdout()).await,
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("credbroker: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}
+
+/// Turns true on SIGTERM or SIGINT.
+pub fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term => tracing::info!("SIGTERM: draining"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+impl From<AppError> for ExitCode {
+    fn from(e: AppError) -> Self {
+        ExitCode::from(e.exit_code() as u8)
+    }
+}
