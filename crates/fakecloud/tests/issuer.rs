@@ -103,10 +103,11 @@ fn verify_errors() {
         Err(VerifyError::BadSignature)
     );
 
-    // Flip a character in the signature.
-    let mut tampered = good.clone();
-    let last = tampered.pop().unwrap();
-    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    // Flip a character inside the signature (not the last one, whose low bits are padding).
+    let mut tampered = good.clone().into_bytes();
+    let i = tampered.len() - 10;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
     assert_eq!(
         issuer.verify(&tampered, "aud"),
         Err(VerifyError::BadSignature)
