@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("CREDBROKER_BIN_DIR", ROOT / "target" / "debug"))
 CREDBROKER = BIN_DIR / "credbroker"
 FAKECLOUD = BIN_DIR / "fakecloud"
+NODE_MODULES = ROOT / "target" / "conformance-node" / "node_modules"
 
 
 def wait_for(predicate, timeout=15.0, interval=0.05, what="condition"):
@@ -214,6 +215,19 @@ def run_python(code: str, app_env: dict, home: Path, timeout: float = 90) -> sub
 
 def run_json(code: str, app_env: dict, home: Path, timeout: float = 90):
     proc = run_python(code, app_env, home, timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_node(code: str, app_env: dict, home: Path, timeout: float = 90) -> subprocess.CompletedProcess:
+    """Runs `node -e code` with the node SDKs on NODE_PATH and only the app container's env."""
+    env = app_subprocess_env(app_env, home)
+    env["NODE_PATH"] = str(NODE_MODULES)
+    return subprocess.run(["node", "-e", code], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_node_json(code: str, app_env: dict, home: Path, timeout: float = 90):
+    proc = run_node(code, app_env, home, timeout)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -142,3 +142,15 @@ def test_token_file_never_logged(fakecloud, aws_broker):
         creds = record["credentials"]
         assert creds["SecretAccessKey"] not in logs and creds["SessionToken"] not in logs
     assert fakecloud.log("aws")[0]["token_sha256"] in {sha256(token)} or True
+
+
+def test_node_sdk_default_chain_gets_the_issued_credentials(fakecloud, aws_broker, tmp_path):
+    from conftest import run_node_json
+    code = """
+const { fromNodeProviderChain } = require("@aws-sdk/credential-providers");
+fromNodeProviderChain()().then(c => console.log(JSON.stringify(
+  {access_key: c.accessKeyId, secret_key: c.secretAccessKey, token: c.sessionToken})))
+  .catch(e => { console.error(e); process.exit(1); });
+"""
+    got = run_node_json(code, aws_broker.app_env(), tmp_path)
+    assert_same(got, latest_issued(fakecloud))
