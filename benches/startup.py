@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Startup and footprint: process start -> /readyz 200 against the local fakes, idle RSS, binary size.
+
+Usage: benches/startup.py [--runs N] [--bin target/release/credbroker] [--fakecloud target/release/fakecloud]
+Prints one JSON object. Uses only the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--bin", default=str(ROOT / "target/release/credbroker"))
+    ap.add_argument("--fakecloud", default=str(ROOT / "target/release/fakecloud"))
+    ap.add_argument("--idle-seconds", type=float, default=3.0)
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="credbroker-startup-"))
+    ready_file = tmp / "ready.json"
+    fake = subprocess.Popen([args.fakecloud, "run", "--state-dir", str(tmp / "cloud"), "--ready-file", str(ready_file)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready_file.exists():
+            assert time.monotonic() < deadline and fake.poll() is None, "fakecloud did not start"
+            time.sleep(0.01)
+        desc = json.loads(ready_file.read_text())
+        env = {
+            "PATH": os.environ["PATH"],
+            "AWS_ROLE_ARN": desc["aws"]["role_arn"],
+            "AWS_WEB_IDENTITY_TOKEN_FILE": desc["tokens"]["aws"],
+            "AWS_ENDPOINT_URL_STS": desc["aws"]["sts_endpoint"],
+            "AWS_REGION": desc["aws"]["region"],
+        }
+        times_ms, rss = [], []
+        for i in range(args.runs):
+            port = 20000 + (os.getpid() % 1000) * 10 + (i % 5) * 2
+            ops = f"127.0.0.1:{port + 1}"
+            t0 = time.perf_counter()
+            p = subprocess.Popen([args.bin, "--log-level", "warn", "serve", "--listen", f"127.0.0.1:{port}",
+                                  "--ops-listen", ops, "--aws-auth-token-file", str(tmp / "auth")],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while not ready(f"http://{ops}/readyz"):
+                assert p.poll() is None, "broker exited"
+                time.sleep(0.0005)
+            times_ms.append((time.perf_counter() - t0) * 1000)
+            if i == 0:
+                time.sleep(args.idle_seconds)
+                rss.append(rss_kib(p.pid))
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=10)
+        size = Path(args.bin).stat().st_size
+        print(json.dumps({
+            "runs": args.runs,
+            "start_to_ready_ms": {"median": round(statistics.median(times_ms), 2), "min": round(min(times_ms), 2),
+                                  "max": round(max(times_ms), 2)},
+            "idle_rss_mib": round(rss[0] / 1024, 2),
+            "binary_bytes": size,
+            "binary_mib": round(size / 2**20, 2),
+        }, indent=2))
+    finally:
+        fake.terminate()
+        fake.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
