@@ -68,8 +68,7 @@ pub fn tls_config(
 ) -> Result<rustls::ClientConfig, ConfigError> {
     let mut roots = rustls::RootCertStore::empty();
     if system_roots {
-        let native = rustls_native_certs::load_native_certs();
-        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+        let (added, _ignored) = roots.add_parsable_certificates(system_certs());
         if added == 0 {
             tracing::warn!("no system CA certificates found; only --upstream-ca-file is trusted");
         }
@@ -86,6 +85,34 @@ pub fn tls_config(
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
+}
+
+/// Distribution CA bundles, in the order they are looked for (Debian/Ubuntu/Alpine, RHEL, others).
+const BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+    "/etc/ssl/ca-bundle.pem",
+];
+
+/// The system's trusted roots. One bundle file when there is one (`SSL_CERT_FILE` first): reading
+/// the hashed certificate directory as well, as `rustls-native-certs` does, parses every root twice
+/// and opens ~300 files, which was most of the start-up time.
+fn system_certs() -> Vec<CertificateDer<'static>> {
+    let from_env = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
+    let bundle = from_env
+        .into_iter()
+        .chain(BUNDLES.iter().map(std::path::PathBuf::from))
+        .find(|p| p.is_file());
+    if let Some(bytes) = bundle.and_then(|path| std::fs::read(path).ok()) {
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+            .filter_map(Result::ok)
+            .collect();
+        if !certs.is_empty() {
+            return certs;
+        }
+    }
+    rustls_native_certs::load_native_certs().certs
 }
 
 pub fn build_client(
