@@ -26,6 +26,8 @@ pub const MIN_IDENTITY_HEADER_LEN: usize = 16;
 pub const MAX_RESOURCE_LEN: usize = 1024;
 
 #[derive(clap::Args, Debug, Clone)]
+// clap names a flattened struct's group after the struct; every cloud's is called `Flags`.
+#[group(id = "azure_flags")]
 pub struct Flags {
     /// The X-IDENTITY-HEADER value the App Service endpoint (/msi/token) requires; give the
     /// application the same value as IDENTITY_HEADER. Without it, /msi/token is disabled.

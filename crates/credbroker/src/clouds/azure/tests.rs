@@ -161,6 +161,40 @@ async fn imds(r: &Rig, uri: &str) -> (u16, serde_json::Value) {
     call(&r.imds, parts("GET", uri, &[("metadata", "true")])).await
 }
 
+#[test]
+fn command_line_is_consistent_and_parses_azure_flags() {
+    use clap::{CommandFactory, Parser};
+    crate::cli::Cli::command().debug_assert();
+    let cli = crate::cli::Cli::try_parse_from([
+        "credbroker",
+        "serve",
+        "--azure-identity-header",
+        HEADER,
+        "--azure-resources",
+        "https://vault.azure.net,https://management.azure.com/",
+    ])
+    .unwrap();
+    let crate::cli::Command::Serve(args) = cli.command else {
+        panic!("not serve");
+    };
+    assert_eq!(
+        args.clouds.azure.azure_resources,
+        ["https://vault.azure.net", "https://management.azure.com/"]
+    );
+    assert_eq!(
+        args.clouds.azure.azure_identity_header.unwrap().expose(),
+        HEADER
+    );
+    let e = crate::cli::Cli::try_parse_from([
+        "credbroker",
+        "serve",
+        "--azure-identity-header",
+        "short",
+    ])
+    .unwrap_err();
+    assert!(e.to_string().contains("at least 16"), "{e}");
+}
+
 // === the refresher with Azure's margins (paused time) ===
 
 #[tokio::test(start_paused = true)]
