@@ -276,13 +276,13 @@ pub fn authority_host(raw: Option<&str>) -> Result<Url, ConfigError> {
     }
     let path = format!("{}/", url.path().trim_end_matches('/'));
     url.set_path(&path);
-    if let Some(host) = url.host_str() {
-        if host.eq_ignore_ascii_case("login.microsoftonline.de") {
-            tracing::warn!(
-                host,
-                "Microsoft Cloud Germany closed in 2021; this authority host will not answer"
-            );
-        }
+    if let Some(host) = url.host_str()
+        && host.eq_ignore_ascii_case("login.microsoftonline.de")
+    {
+        tracing::warn!(
+            host,
+            "Microsoft Cloud Germany closed in 2021; this authority host will not answer"
+        );
     }
     Ok(url)
 }

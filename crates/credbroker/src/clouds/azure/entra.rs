@@ -150,10 +150,10 @@ pub fn parse_success(body: &[u8], sent: SystemTime) -> Result<EntraToken, Exchan
         .filter(|t| !t.is_empty())
         .map(Secret::new)
         .ok_or_else(|| malformed("no access_token"))?;
-    if let Some(kind) = &parsed.token_type {
-        if !kind.eq_ignore_ascii_case("bearer") {
-            return Err(malformed("a token_type other than Bearer"));
-        }
+    if let Some(kind) = &parsed.token_type
+        && !kind.eq_ignore_ascii_case("bearer")
+    {
+        return Err(malformed("a token_type other than Bearer"));
     }
     // A JSON number per the v2 protocol; some proxies send the IMDS-style string.
     let secs = match parsed.expires_in {
