@@ -137,9 +137,11 @@ async fn entra_errors_have_the_real_shape() {
     let (status, _, body) = post(&wrong_tenant, &form(&assertion, mgmt)).await;
     assert_eq!(status, 400);
     assert_entra_error(&body, "invalid_request", 90_002);
-    let mut tampered = assertion.clone();
-    tampered.truncate(tampered.len() - 4);
-    tampered.push_str("AAAA");
+    // Change one signature character (never to itself): the signature no longer verifies.
+    let mut tampered = assertion.clone().into_bytes();
+    let i = tampered.len() - 10;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
     let (status, _, body) = post(&url, &form(&tampered, mgmt)).await;
     assert_eq!(status, 401);
     assert_entra_error(&body, "invalid_client", 50_013);
