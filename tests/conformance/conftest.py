@@ -179,6 +179,22 @@ def aws_sidecar_env(fake: FakeCloud) -> dict:
     }
 
 
+AZURE_IDENTITY_HEADER = "conformance-identity-header-0123456789"
+
+
+def azure_sidecar_env(fake: FakeCloud) -> dict:
+    """What the Azure Workload Identity webhook injects into the sidecar container, plus the
+    App Service shared header."""
+    az = fake.desc["azure"]
+    return {
+        "AZURE_CLIENT_ID": az["client_id"],
+        "AZURE_TENANT_ID": az["tenant_id"],
+        "AZURE_FEDERATED_TOKEN_FILE": fake.token_path("azure"),
+        "AZURE_AUTHORITY_HOST": az["authority_host"],
+        "CREDBROKER_AZURE_IDENTITY_HEADER": AZURE_IDENTITY_HEADER,
+    }
+
+
 def start_broker(workdir: Path, sidecar_env: dict, args: list[str] | None = None,
                  wait_ready: bool = True) -> Broker:
     workdir.mkdir(parents=True, exist_ok=True)

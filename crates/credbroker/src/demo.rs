@@ -8,8 +8,9 @@ use tokio::sync::watch;
 
 use crate::app::{self, AppError};
 use crate::cli::{CommonArgs, DemoArgs, ServeArgs};
-use crate::clouds::{CloudFlags, aws};
+use crate::clouds::{CloudFlags, aws, azure};
 use crate::config::Env;
+use crate::secret::Secret;
 
 pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<(), AppError> {
     let state_dir = args.state_dir.clone().unwrap_or_else(|| {
@@ -37,6 +38,21 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
     env.set("AWS_ENDPOINT_URL_STS", scape.sts.url());
     env.set("AWS_REGION", fakecloud::aws::DEFAULT_REGION);
     env.set("AWS_ROLE_SESSION_NAME", "credbroker-demo");
+    env.set("AZURE_CLIENT_ID", fakecloud::azure::DEMO_CLIENT_ID);
+    env.set("AZURE_TENANT_ID", fakecloud::azure::DEMO_TENANT_ID);
+    env.set(
+        "AZURE_FEDERATED_TOKEN_FILE",
+        scape.azure_token.path().display().to_string(),
+    );
+    env.set("AZURE_AUTHORITY_HOST", format!("{}/", scape.entra.url()));
+    // The demo prints the env itself, in the same process, so a random value works here.
+    let identity_header = {
+        let raw: [u8; 24] = rand::random();
+        Secret::new(base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            raw,
+        ))
+    };
 
     let aws_auth: PathBuf = state_dir.join("aws-auth-token");
     let serve_args = ServeArgs {
@@ -53,6 +69,10 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
             aws: aws::Flags {
                 aws_auth_token_file: Some(aws_auth.clone()),
                 ..aws::Flags::default()
+            },
+            azure: azure::Flags {
+                azure_identity_header: Some(identity_header.clone()),
+                ..azure::Flags::default()
             },
         },
     };
@@ -71,6 +91,12 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
         "  AWS STS       {}  (role {})",
         scape.sts.url(),
         fakecloud::aws::DEMO_ROLE_ARN
+    );
+    println!(
+        "  Entra ID      {}  (tenant {}, client {})",
+        scape.entra.url(),
+        fakecloud::azure::DEMO_TENANT_ID,
+        fakecloud::azure::DEMO_CLIENT_ID
     );
     println!(
         "  tokens rotate every {} s, kubelet-style",
@@ -98,6 +124,17 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
         "# with boto3 installed: env -i PATH=\"$PATH\" AWS_CONTAINER_CREDENTIALS_FULL_URI=http://{listen}/v1/credentials \
          AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={} AWS_REGION=us-east-1 python3 -c 'import boto3; print(boto3.Session().get_credentials().get_frozen_credentials().access_key)'",
         aws_auth.display()
+    );
+    println!(
+        "curl -s -H 'Metadata: true' 'http://{listen}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/'"
+    );
+    println!(
+        "curl -s -H 'X-IDENTITY-HEADER: {}' 'http://{listen}/msi/token?api-version=2019-08-01&resource=https://vault.azure.net'",
+        identity_header.expose()
+    );
+    println!(
+        "# with azure-identity installed: env -i PATH=\"$PATH\" AZURE_POD_IDENTITY_AUTHORITY_HOST=http://{listen} python3 -c \
+         'from azure.identity import ManagedIdentityCredential as M; print(M().get_token(\"https://management.azure.com/.default\").expires_on)'"
     );
     println!();
     use std::io::Write as _;

@@ -4,9 +4,11 @@
 //! - [`kubelet`]: a projected token volume with kubelet's `..data` symlink swap.
 //! - [`faults`] and [`http`]: fault injection and the server every fake runs on.
 //! - [`aws`]: a faithful fake of STS `AssumeRoleWithWebIdentity`.
+//! - [`azure`]: a faithful fake of the Entra ID token endpoint (client-assertion grant).
 //! - [`Cloudscape`]: all of the above started together.
 
 pub mod aws;
+pub mod azure;
 pub mod faults;
 pub mod http;
 pub mod issuer;
@@ -28,6 +30,7 @@ pub use issuer::{Issuer, ServiceAccount, VerifiedToken, VerifyError};
 pub use kubelet::ProjectedToken;
 
 use aws::{DEFAULT_REGION, DEMO_ACCOUNT, DEMO_ROLE_ARN, FakeSts, FakeStsHandle, STS_AUDIENCE};
+use azure::{DEMO_CLIENT_ID, DEMO_TENANT_ID, ENTRA_AUDIENCE, FakeEntra, FakeEntraHandle};
 use http::{ServeOptions, ServerHandle, serve_listener};
 use oidc::IssuerServer;
 
@@ -71,6 +74,8 @@ pub struct Cloudscape {
     pub issuer_server: Arc<IssuerServer>,
     pub aws_token: Arc<ProjectedToken>,
     pub sts: FakeStsHandle,
+    pub azure_token: Arc<ProjectedToken>,
+    pub entra: FakeEntraHandle,
     issuer_handle: ServerHandle,
     rotation: AbortOnDrop,
 }
@@ -106,21 +111,34 @@ impl Cloudscape {
             opts.token_lifetime,
         )?);
         issuer_server.register(aws_token.clone());
+        let azure_token = Arc::new(ProjectedToken::create(
+            &token_dir(&state_dir, "azure"),
+            issuer.clone(),
+            opts.service_account.clone(),
+            ENTRA_AUDIENCE,
+            opts.token_lifetime,
+        )?);
+        issuer_server.register(azure_token.clone());
         let issuer_handle =
             serve_listener(issuer_server.clone(), listener, ServeOptions::default())?;
 
         let sts = FakeSts::start(issuer.clone(), loopback).await?;
         sts.trust(DEMO_ROLE_ARN, &opts.service_account.subject());
+        let entra =
+            FakeEntra::start(issuer.clone(), &opts.service_account.subject(), loopback).await?;
 
         let mut rotation = AbortOnDrop::default();
         if let Some(every) = opts.rotate_every {
             rotation.0.push(aws_token.spawn_rotation(every));
+            rotation.0.push(azure_token.spawn_rotation(every));
         }
         Ok(Cloudscape {
             issuer,
             issuer_server,
             aws_token,
             sts,
+            azure_token,
+            entra,
             issuer_handle,
             rotation,
         })
@@ -147,6 +165,7 @@ impl Cloudscape {
             "issuer": self.issuer.url(),
             "tokens": {
                 "aws": self.aws_token.path(),
+                "azure": self.azure_token.path(),
             },
             "aws": {
                 "sts_endpoint": self.sts.url(),
@@ -155,6 +174,14 @@ impl Cloudscape {
                 "region": DEFAULT_REGION,
                 "account": DEMO_ACCOUNT,
             },
+            "azure": {
+                "authority_host": format!("{}/", self.entra.url()),
+                "token_url": self.entra.token_url(),
+                "tenant_id": DEMO_TENANT_ID,
+                "client_id": DEMO_CLIENT_ID,
+                "audience": ENTRA_AUDIENCE,
+                "admin": self.entra.admin_url(),
+            },
         })
     }
 
@@ -162,12 +189,14 @@ impl Cloudscape {
     pub async fn shutdown(self) {
         let Cloudscape {
             sts,
+            entra,
             issuer_handle,
             rotation,
             ..
         } = self;
         drop(rotation);
         sts.shutdown().await;
+        entra.shutdown().await;
         issuer_handle.shutdown().await;
     }
 }

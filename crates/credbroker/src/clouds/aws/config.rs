@@ -8,6 +8,7 @@ use crate::config::{ConfigError, Env};
 use crate::http::client::endpoint;
 
 #[derive(clap::Args, Debug, Clone)]
+#[group(id = "aws_flags")]
 pub struct Flags {
     /// File holding the value applications must send in `Authorization` to /v1/credentials.
     /// Created with a random value when missing. Required when AWS is enabled.

@@ -1,0 +1,434 @@
+//! Azure surfaces (reference/azure.md §2): the IMDS managed-identity endpoint
+//! `/metadata/identity/oauth2/token` and the App Service 2019-08-01 endpoint `/msi/token`.
+//!
+//! Both turn `resource` into a scope, find (or create) that scope's cache slot, and render the
+//! token in their protocol's JSON: every value a string, `resource` echoed exactly as asked.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http::request::Parts;
+use serde::Serialize;
+
+use super::config::{Identity, check_resource, scope_for};
+use crate::clock::Clock;
+use crate::exchange::Exchange;
+use crate::http::guard;
+use crate::http::server::{Resp, json, respond};
+use crate::refresh::{Cache, Issued, Unavailable};
+use crate::secret::{Secret, constant_time_eq};
+use crate::surface::{BoxFuture, Surface};
+
+/// How long a request waits for an exchange in flight (typically a resource's first). Entra
+/// answers in well under a second; past this the caller gets a 503 and its SDK retries
+/// (azure-identity's IMDS policy retries 5xx up to 5 times over ~20 s).
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// The App Service protocol version served (the 2017-09-01 one uses a different header,
+/// parameter name and date format; no current SDK sends it with `IDENTITY_HEADER`).
+pub const APP_SERVICE_API_VERSION: &str = "2019-08-01";
+
+/// An Entra access token as cached, one per scope.
+#[derive(Debug)]
+pub struct AzureToken {
+    pub access_token: Secret,
+    /// Unix seconds.
+    pub expires_on: u64,
+    pub not_before: u64,
+}
+
+/// The two protocols differ in parameter names, headers and response keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Imds,
+    AppService,
+}
+
+/// How a request names the identity it wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    ClientId,
+    ObjectId,
+    ResourceId,
+}
+
+impl Flavor {
+    fn identity_param(self, name: &str) -> Option<IdKind> {
+        match (self, name) {
+            (_, "client_id") => Some(IdKind::ClientId),
+            (_, "object_id") | (Flavor::AppService, "principal_id") => Some(IdKind::ObjectId),
+            (_, "msi_res_id" | "mi_res_id") => Some(IdKind::ResourceId),
+            _ => None,
+        }
+    }
+}
+
+/// A request refused before the cache is consulted: status and the `{error, error_description}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub status: u16,
+    pub error: &'static str,
+    pub description: String,
+}
+
+impl Reject {
+    fn bad(description: impl Into<String>) -> Self {
+        Reject {
+            status: 400,
+            error: "invalid_request",
+            description: description.into(),
+        }
+    }
+
+    pub fn render(&self) -> Resp {
+        error_body(self.status, self.error, &self.description)
+    }
+}
+
+fn error_body(status: u16, error: &str, description: &str) -> Resp {
+    json(
+        status,
+        serde_json::json!({ "error": error, "error_description": description }).to_string(),
+    )
+}
+
+/// A validated token request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// Exactly as the caller sent it (echoed back).
+    pub resource: String,
+    pub scope: String,
+    pub identity: Option<(IdKind, String)>,
+}
+
+/// Parses and validates the query of a token request.
+pub fn parse_request(query: Option<&str>, flavor: Flavor) -> Result<TokenRequest, Reject> {
+    let mut api_version = None;
+    let mut resource = None;
+    let mut identity: Option<(IdKind, String)> = None;
+    let mut seen: Vec<String> = Vec::new();
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if seen.iter().any(|s| *s == name) {
+            return Err(Reject::bad(format!(
+                "Duplicate query parameter '{name}' is not allowed"
+            )));
+        }
+        seen.push(name.to_string());
+        match name.as_ref() {
+            "api-version" => api_version = Some(value.into_owned()),
+            "resource" => resource = Some(value.into_owned()),
+            other => {
+                if let Some(kind) = flavor.identity_param(other) {
+                    if identity.is_some() {
+                        return Err(Reject::bad(
+                            "Only one of client_id, object_id and msi_res_id may be given",
+                        ));
+                    }
+                    identity = Some((kind, value.into_owned()));
+                }
+            }
+        }
+    }
+    let api_version = api_version
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Reject::bad("Required query variable 'api-version' is missing"))?;
+    if flavor == Flavor::AppService && api_version != APP_SERVICE_API_VERSION {
+        return Err(Reject::bad(format!(
+            "api-version {api_version:?} is not supported; use {APP_SERVICE_API_VERSION}"
+        )));
+    }
+    let resource = resource
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| Reject::bad("Required audience variable 'resource' is missing"))?;
+    check_resource(&resource).map_err(|why| Reject::bad(format!("resource {why}")))?;
+    Ok(TokenRequest {
+        scope: scope_for(&resource),
+        resource,
+        identity,
+    })
+}
+
+/// Whether `identity` is the one a request named (GUIDs and ARM ids compare case-insensitively).
+pub fn holds(identity: &Identity, asked: &Option<(IdKind, String)>) -> bool {
+    let Some((kind, value)) = asked else {
+        return true;
+    };
+    let ours = match kind {
+        IdKind::ClientId => Some(identity.client_id.as_str()),
+        IdKind::ObjectId => identity.object_id.as_deref(),
+        IdKind::ResourceId => identity.msi_res_id.as_deref(),
+    };
+    ours.is_some_and(|o| o.eq_ignore_ascii_case(value.trim()))
+}
+
+/// Owns a rendered body holding a token and wipes it when the last `Bytes` clone drops.
+struct Wiped(Vec<u8>);
+
+impl AsRef<[u8]> for Wiped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+#[derive(Serialize)]
+struct ImdsBody<'a> {
+    access_token: &'a str,
+    refresh_token: &'a str,
+    expires_in: String,
+    expires_on: String,
+    not_before: String,
+    resource: &'a str,
+    token_type: &'a str,
+    client_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct AppServiceBody<'a> {
+    access_token: &'a str,
+    expires_on: String,
+    // Not in the App Service documentation's example, but MSAL Python's VM path and others
+    // read it; sending both, consistent, satisfies every parser (reference §2 rule 1).
+    expires_in: String,
+    resource: &'a str,
+    token_type: &'a str,
+    client_id: &'a str,
+}
+
+/// The success body for `flavor`, every value a string. `now` is Unix seconds.
+pub fn render(
+    flavor: Flavor,
+    token: &AzureToken,
+    resource: &str,
+    client_id: &str,
+    now: u64,
+) -> Resp {
+    let expires_in = token.expires_on.saturating_sub(now).to_string();
+    let expires_on = token.expires_on.to_string();
+    let body = match flavor {
+        Flavor::Imds => serde_json::to_vec(&ImdsBody {
+            access_token: token.access_token.expose(),
+            refresh_token: "",
+            expires_in,
+            expires_on,
+            not_before: token.not_before.to_string(),
+            resource,
+            token_type: "Bearer",
+            client_id,
+        }),
+        Flavor::AppService => serde_json::to_vec(&AppServiceBody {
+            access_token: token.access_token.expose(),
+            expires_on,
+            expires_in,
+            resource,
+            token_type: "Bearer",
+            client_id,
+        }),
+    };
+    // Serialising plain strings cannot fail.
+    let body = Bytes::from_owner(Wiped(body.unwrap_or_default()));
+    respond(200, "application/json", body)
+}
+
+/// No token: 503 (every SDK retries it) unless Entra denied us for good, then its own 4xx
+/// status and `error`, with the AADSTS description.
+pub fn unavailable(u: &Unavailable) -> Resp {
+    match u {
+        Unavailable::Pending => error_body(
+            503,
+            "temporarily_unavailable",
+            "the token is being fetched; retry shortly",
+        ),
+        Unavailable::Failed(e) if e.is_transient() => error_body(503, &e.code, &e.message),
+        Unavailable::Failed(e) => {
+            let status = e
+                .status
+                .filter(|s| (400..500).contains(s) && *s != 429)
+                .unwrap_or(400);
+            error_body(status, &e.code, &e.message)
+        }
+    }
+}
+
+/// What both surfaces share: the per-scope cache, the identity and the clock.
+pub struct Tokens<E: Exchange<String, Credential = AzureToken>> {
+    pub cache: Cache<String, E>,
+    pub identity: Arc<Identity>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl<E: Exchange<String, Credential = AzureToken>> Tokens<E> {
+    async fn serve(&self, query: Option<&str>, flavor: Flavor) -> Resp {
+        let req = match parse_request(query, flavor) {
+            Ok(r) => r,
+            Err(reject) => return reject.render(),
+        };
+        if !holds(&self.identity, &req.identity) {
+            return Reject::bad(
+                "Identity not found: this sidecar holds one identity and the request names another",
+            )
+            .render();
+        }
+        match self.cache.get(&req.scope, WAIT).await {
+            Ok(cred) => self.render(flavor, &cred, &req.resource),
+            Err(u) => unavailable(&u),
+        }
+    }
+
+    fn render(&self, flavor: Flavor, cred: &Issued<AzureToken>, resource: &str) -> Resp {
+        render(
+            flavor,
+            &cred.value,
+            resource,
+            &self.identity.client_id,
+            self.clock.unix_secs(),
+        )
+    }
+}
+
+/// Where a `/metadata/...` path leads (the `metadata` segment is matched case-insensitively).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImdsPath {
+    Token,
+    /// msal-node's ImdsV2 probe (`POST /metadata/identity/credential`): answered so that SDKs
+    /// stay on the v1 token flow.
+    CredentialV2,
+    Other,
+}
+
+/// `Some` for every path under `/metadata` (any case), `None` otherwise.
+pub fn imds_path(path: &str) -> Option<ImdsPath> {
+    let b = path.as_bytes();
+    if b.len() < 9 || !b[..9].eq_ignore_ascii_case(b"/metadata") || (b.len() > 9 && b[9] != b'/') {
+        return None;
+    }
+    let rest = &path[9..];
+    Some(match rest {
+        "/identity/oauth2/token" | "/identity/oauth2/token/" => ImdsPath::Token,
+        r if r == "/identity/credential" || r.starts_with("/identity/credential/") => {
+            ImdsPath::CredentialV2
+        }
+        _ => ImdsPath::Other,
+    })
+}
+
+// === impl ImdsSurface ===
+
+/// `GET /metadata/identity/oauth2/token` with `Metadata: true` (AZURE_POD_IDENTITY_AUTHORITY_HOST).
+pub struct ImdsSurface<E: Exchange<String, Credential = AzureToken>> {
+    pub tokens: Arc<Tokens<E>>,
+}
+
+impl<E: Exchange<String, Credential = AzureToken>> ImdsSurface<E> {
+    async fn serve(&self, req: &Parts) -> Resp {
+        if let Err(refusal) = guard::check(req) {
+            return Reject::bad(refusal.message()).render();
+        }
+        let kind = imds_path(req.uri.path()).unwrap_or(ImdsPath::Other);
+        match kind {
+            ImdsPath::CredentialV2 => {
+                return error_body(
+                    404,
+                    "not_found",
+                    "IMDS v2 credentials are not offered here; use /metadata/identity/oauth2/token",
+                );
+            }
+            ImdsPath::Other => {
+                return error_body(
+                    404,
+                    "not_found",
+                    "only /metadata/identity/oauth2/token is served",
+                );
+            }
+            ImdsPath::Token => {}
+        }
+        if req.method != Method::GET {
+            return error_body(405, "invalid_request", "use GET");
+        }
+        // Answered at once, before anything else: SDK probes send no Metadata header.
+        let metadata = req.headers.get("metadata").map(|v| v.as_bytes());
+        if !metadata.is_some_and(|v| v.eq_ignore_ascii_case(b"true")) {
+            return Reject::bad("Required metadata header not specified").render();
+        }
+        self.tokens.serve(req.uri.query(), Flavor::Imds).await
+    }
+}
+
+impl<E: Exchange<String, Credential = AzureToken>> Surface for ImdsSurface<E> {
+    fn name(&self) -> &'static str {
+        "azure-imds"
+    }
+
+    fn claims(&self, path: &str) -> bool {
+        imds_path(path).is_some()
+    }
+
+    fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {
+        Box::pin(self.serve(req))
+    }
+}
+
+// === impl AppServiceSurface ===
+
+/// App Service 2019-08-01: `GET /msi/token` with `X-IDENTITY-HEADER` (IDENTITY_ENDPOINT and
+/// IDENTITY_HEADER; the one managed-identity source Go SDKs let us redirect).
+pub struct AppServiceSurface<E: Exchange<String, Credential = AzureToken>> {
+    pub tokens: Arc<Tokens<E>>,
+    /// `None` disables the endpoint (no `--azure-identity-header`).
+    pub header: Option<Secret>,
+}
+
+const IDENTITY_HEADER: &str = "x-identity-header";
+
+impl<E: Exchange<String, Credential = AzureToken>> AppServiceSurface<E> {
+    async fn serve(&self, req: &Parts) -> Resp {
+        if let Err(refusal) = guard::check(req) {
+            return Reject::bad(refusal.message()).render();
+        }
+        let Some(expected) = &self.header else {
+            return error_body(
+                404,
+                "not_found",
+                "the App Service endpoint is disabled: start credbroker with --azure-identity-header",
+            );
+        };
+        if req.method != Method::GET {
+            return error_body(405, "invalid_request", "use GET");
+        }
+        match req.headers.get(IDENTITY_HEADER) {
+            None => {
+                return Reject::bad("Required header X-IDENTITY-HEADER not specified").render();
+            }
+            Some(v) if !constant_time_eq(v.as_bytes(), expected.expose().as_bytes()) => {
+                return error_body(
+                    401,
+                    "unauthorized",
+                    "X-IDENTITY-HEADER does not match IDENTITY_HEADER",
+                );
+            }
+            Some(_) => {}
+        }
+        self.tokens.serve(req.uri.query(), Flavor::AppService).await
+    }
+}
+
+impl<E: Exchange<String, Credential = AzureToken>> Surface for AppServiceSurface<E> {
+    fn name(&self) -> &'static str {
+        "azure-app-service"
+    }
+
+    fn claims(&self, path: &str) -> bool {
+        path == "/msi/token" || path == "/msi/token/"
+    }
+
+    fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {
+        Box::pin(self.serve(req))
+    }
+}
