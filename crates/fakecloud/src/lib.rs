@@ -4,10 +4,12 @@
 //! - [`kubelet`]: a projected token volume with kubelet's `..data` symlink swap.
 //! - [`faults`] and [`http`]: fault injection and the server every fake runs on.
 //! - [`aws`]: a faithful fake of STS `AssumeRoleWithWebIdentity`.
+//! - [`gcp`]: a faithful fake of Google STS and IAM Credentials.
 //! - [`Cloudscape`]: all of the above started together.
 
 pub mod aws;
 pub mod faults;
+pub mod gcp;
 pub mod http;
 pub mod issuer;
 pub mod kubelet;
@@ -28,6 +30,7 @@ pub use issuer::{Issuer, ServiceAccount, VerifiedToken, VerifyError};
 pub use kubelet::ProjectedToken;
 
 use aws::{DEFAULT_REGION, DEMO_ACCOUNT, DEMO_ROLE_ARN, FakeSts, FakeStsHandle, STS_AUDIENCE};
+use gcp::{DEMO_PROJECT_ID, DEMO_PROJECT_NUMBER, DEMO_SERVICE_ACCOUNT, FakeGcp, FakeGcpHandle};
 use http::{ServeOptions, ServerHandle, serve_listener};
 use oidc::IssuerServer;
 
@@ -71,6 +74,11 @@ pub struct Cloudscape {
     pub issuer_server: Arc<IssuerServer>,
     pub aws_token: Arc<ProjectedToken>,
     pub sts: FakeStsHandle,
+    pub gcp_token: Arc<ProjectedToken>,
+    pub gcp: FakeGcpHandle,
+    /// `external_account` files: impersonating [`gcp::DEMO_SERVICE_ACCOUNT`], and direct federation.
+    pub gcp_credentials: PathBuf,
+    pub gcp_credentials_direct: PathBuf,
     issuer_handle: ServerHandle,
     rotation: AbortOnDrop,
 }
@@ -106,21 +114,47 @@ impl Cloudscape {
             opts.token_lifetime,
         )?);
         issuer_server.register(aws_token.clone());
+        let gcp_token = Arc::new(ProjectedToken::create(
+            &token_dir(&state_dir, "gcp"),
+            issuer.clone(),
+            opts.service_account.clone(),
+            &gcp::token_audience(),
+            opts.token_lifetime,
+        )?);
+        issuer_server.register(gcp_token.clone());
         let issuer_handle =
             serve_listener(issuer_server.clone(), listener, ServeOptions::default())?;
 
         let sts = FakeSts::start(issuer.clone(), loopback).await?;
         sts.trust(DEMO_ROLE_ARN, &opts.service_account.subject());
 
+        let gcp = FakeGcp::start(issuer.clone(), loopback).await?;
+        gcp.trust(DEMO_SERVICE_ACCOUNT, &opts.service_account.subject());
+        let gcp_dir = state_dir.join("gcp");
+        std::fs::create_dir_all(&gcp_dir)?;
+        let token_file = gcp_token.path().display().to_string();
+        let gcp_credentials = gcp_dir.join("external_account.json");
+        let impersonation = gcp.impersonation_url(DEMO_SERVICE_ACCOUNT);
+        let doc = gcp::external_account_json(&gcp.token_url(), Some(&impersonation), &token_file);
+        std::fs::write(&gcp_credentials, serde_json::to_vec_pretty(&doc)?)?;
+        let gcp_credentials_direct = gcp_dir.join("external_account_direct.json");
+        let doc = gcp::external_account_json(&gcp.token_url(), None, &token_file);
+        std::fs::write(&gcp_credentials_direct, serde_json::to_vec_pretty(&doc)?)?;
+
         let mut rotation = AbortOnDrop::default();
         if let Some(every) = opts.rotate_every {
             rotation.0.push(aws_token.spawn_rotation(every));
+            rotation.0.push(gcp_token.spawn_rotation(every));
         }
         Ok(Cloudscape {
             issuer,
             issuer_server,
             aws_token,
             sts,
+            gcp_token,
+            gcp,
+            gcp_credentials,
+            gcp_credentials_direct,
             issuer_handle,
             rotation,
         })
@@ -147,6 +181,7 @@ impl Cloudscape {
             "issuer": self.issuer.url(),
             "tokens": {
                 "aws": self.aws_token.path(),
+                "gcp": self.gcp_token.path(),
             },
             "aws": {
                 "sts_endpoint": self.sts.url(),
@@ -155,6 +190,19 @@ impl Cloudscape {
                 "region": DEFAULT_REGION,
                 "account": DEMO_ACCOUNT,
             },
+            "gcp": {
+                "sts_endpoint": self.gcp.token_url(),
+                "iam_endpoint": self.gcp.url(),
+                "admin": self.gcp.admin_url(),
+                "credentials_file": self.gcp_credentials,
+                "credentials_file_direct": self.gcp_credentials_direct,
+                "service_account": DEMO_SERVICE_ACCOUNT,
+                "project_id": DEMO_PROJECT_ID,
+                "project_number": DEMO_PROJECT_NUMBER,
+                "audience": gcp::provider_name(DEMO_PROJECT_NUMBER, gcp::DEMO_POOL, gcp::DEMO_PROVIDER),
+                "pool": gcp::DEMO_POOL,
+                "provider": gcp::DEMO_PROVIDER,
+            },
         })
     }
 
@@ -162,12 +210,14 @@ impl Cloudscape {
     pub async fn shutdown(self) {
         let Cloudscape {
             sts,
+            gcp,
             issuer_handle,
             rotation,
             ..
         } = self;
         drop(rotation);
         sts.shutdown().await;
+        gcp.shutdown().await;
         issuer_handle.shutdown().await;
     }
 }
