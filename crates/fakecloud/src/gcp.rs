@@ -640,13 +640,13 @@ impl FakeGcp {
                 "The mapped attribute 'google.subject' exceeds the 127 byte limit.",
             ));
         }
-        if let Some(prefixes) = &provider.subject_prefixes {
-            if !prefixes.iter().any(|p| verified.subject.starts_with(p)) {
-                return Err(GcpError::oauth(
-                    "unauthorized_client",
-                    "The given credential is rejected by the attribute condition.",
-                ));
-            }
+        if let Some(prefixes) = &provider.subject_prefixes
+            && !prefixes.iter().any(|p| verified.subject.starts_with(p))
+        {
+            return Err(GcpError::oauth(
+                "unauthorized_client",
+                "The given credential is rejected by the attribute condition.",
+            ));
         }
         Ok(verified)
     }
@@ -727,11 +727,11 @@ impl FakeGcp {
         };
         let body: Value = serde_json::from_slice(req.body())
             .map_err(|e| GcpError::api(400, format!("Invalid JSON payload received. {e}")))?;
-        if let Some(delegates) = body.get("delegates").and_then(Value::as_array) {
-            if !delegates.is_empty() {
-                // The fake has no delegation chains: every delegate lacks Token Creator.
-                return Err(GcpError::denied(permission));
-            }
+        if let Some(delegates) = body.get("delegates").and_then(Value::as_array)
+            && !delegates.is_empty()
+        {
+            // The fake has no delegation chains: every delegate lacks Token Creator.
+            return Err(GcpError::denied(permission));
         }
         if method == "generateAccessToken" {
             let scopes: Vec<String> = body
@@ -917,12 +917,12 @@ fn percent_decode(s: &str) -> String {
         let hex = b
             .get(i + 1..i + 3)
             .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
-        if let (b'%', Some(hex)) = (b[i], hex) {
-            if let Ok(v) = u8::from_str_radix(&String::from_utf8_lossy(hex), 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if let (b'%', Some(hex)) = (b[i], hex)
+            && let Ok(v) = u8::from_str_radix(&String::from_utf8_lossy(hex), 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -1032,12 +1032,12 @@ impl Fake for FakeGcp {
             "generateAccessToken"
         };
         let mut rec = GcpRecord::new(api);
-        if api == "sts" {
-            if let Ok(p) = StsParams::of(req) {
-                rec.subject_token_sha256 = p.get("subject_token").map(sha256_hex);
-                rec.audience = p.get("audience").map(str::to_string);
-                rec.scopes = p.scopes();
-            }
+        if api == "sts"
+            && let Ok(p) = StsParams::of(req)
+        {
+            rec.subject_token_sha256 = p.get("subject_token").map(sha256_hex);
+            rec.audience = p.get("audience").map(str::to_string);
+            rec.scopes = p.scopes();
         }
         rec.outcome = format!("fault:{}", fault.kind());
         self.push(rec);
