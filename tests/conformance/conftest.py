@@ -179,6 +179,16 @@ def aws_sidecar_env(fake: FakeCloud) -> dict:
     }
 
 
+def gcp_sidecar_env(fake: FakeCloud, direct: bool = False) -> dict:
+    """What a workload identity federation setup gives the sidecar: the external_account file
+    (impersonating the demo service account, or `direct` federation without one) and the project."""
+    gcp = fake.desc["gcp"]
+    return {
+        "GOOGLE_APPLICATION_CREDENTIALS": gcp["credentials_file_direct" if direct else "credentials_file"],
+        "GOOGLE_CLOUD_PROJECT": gcp["project_id"],
+    }
+
+
 def start_broker(workdir: Path, sidecar_env: dict, args: list[str] | None = None,
                  wait_ready: bool = True) -> Broker:
     workdir.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,8 @@ const MAX_FILE_BYTES: u64 = 64 * 1024;
 /// Instance metadata the sidecar serves. GKE's metadata server answers these from the node; a
 /// sidecar has no node to ask, so they come from here (unset: 404, "not defined").
 #[derive(clap::Args, Debug, Clone, Default)]
+// clap names an argument group after the struct; every cloud's struct is called `Flags`.
+#[group(id = "gcp-flags")]
 pub struct Flags {
     /// `instance/attributes/cluster-name` (read by logging agents and OTel resource detectors).
     #[arg(long, env = "CREDBROKER_GCP_CLUSTER_NAME", value_name = "NAME")]
@@ -685,6 +687,12 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_cli_with_every_cloud_is_consistent() {
+        use clap::CommandFactory;
+        crate::cli::Cli::command().debug_assert();
     }
 
     #[test]
