@@ -349,3 +349,27 @@ def test_no_token_in_the_logs(fakecloud, gcp_broker):
     assert Path(fakecloud.token_path("gcp")).read_text() not in logs
     for record in fakecloud.issued("gcp"):
         assert record["token"] not in logs
+
+
+def test_check_summarises_gcp_without_secrets(fakecloud, tmp_path):
+    import os
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), **gcp_sidecar_env(fakecloud)}
+    out = subprocess.run([str(CREDBROKER), "check"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(l for l in out.stdout.splitlines() if l.startswith("gcp: "))
+    assert line.startswith("gcp: ok: impersonating " + fakecloud.desc["gcp"]["service_account"]), line
+    for record in fakecloud.issued("gcp"):
+        assert record["token"] not in out.stdout + out.stderr
+
+
+def test_unservable_credential_source_fails_at_start(fakecloud, tmp_path):
+    import os
+    doc = json.loads(Path(fakecloud.desc["gcp"]["credentials_file"]).read_text())
+    doc["credential_source"] = {"executable": {"command": "/bin/true"}}
+    bad = tmp_path / "exec.json"
+    bad.write_text(json.dumps(doc))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GOOGLE_APPLICATION_CREDENTIALS": str(bad)}
+    out = subprocess.run([str(CREDBROKER), "serve", "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "GOOGLE_APPLICATION_CREDENTIALS: credential_source.executable" in out.stderr + out.stdout

@@ -220,7 +220,8 @@ impl GcpConfig {
                 })
             });
         if let Some(p) = &project_id {
-            let valid = (6..=30).contains(&p.len())
+            // 6–30 characters, or longer with a `domain:` prefix (legacy domain-scoped projects).
+            let valid = (6..=100).contains(&p.len())
                 && p.bytes().all(|b| {
                     b.is_ascii_lowercase()
                         || b.is_ascii_digit()
@@ -231,7 +232,7 @@ impl GcpConfig {
             if !valid {
                 return Err(ConfigError::new(
                     "GOOGLE_CLOUD_PROJECT",
-                    format!("{p:?} is not a project id (6-30 lower-case letters, digits, hyphens)"),
+                    format!("{p:?} is not a project id (lower-case letters, digits, hyphens)"),
                 ));
             }
         }
