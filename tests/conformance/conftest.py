@@ -179,6 +179,16 @@ def aws_sidecar_env(fake: FakeCloud) -> dict:
     }
 
 
+def gcp_sidecar_env(fake: FakeCloud, direct: bool = False) -> dict:
+    """What a workload identity federation setup gives the sidecar: the external_account file
+    (impersonating the demo service account, or `direct` federation without one) and the project."""
+    gcp = fake.desc["gcp"]
+    return {
+        "GOOGLE_APPLICATION_CREDENTIALS": gcp["credentials_file_direct" if direct else "credentials_file"],
+        "GOOGLE_CLOUD_PROJECT": gcp["project_id"],
+    }
+
+
 AZURE_IDENTITY_HEADER = "conformance-identity-header-0123456789"
 
 

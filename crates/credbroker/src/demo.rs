@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::app::{self, AppError};
 use crate::cli::{CommonArgs, DemoArgs, ServeArgs};
-use crate::clouds::{CloudFlags, aws, azure};
+use crate::clouds::{CloudFlags, aws, azure, gcp};
 use crate::config::Env;
 use crate::secret::Secret;
 
@@ -38,6 +38,11 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
     env.set("AWS_ENDPOINT_URL_STS", scape.sts.url());
     env.set("AWS_REGION", fakecloud::aws::DEFAULT_REGION);
     env.set("AWS_ROLE_SESSION_NAME", "credbroker-demo");
+    env.set(
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        scape.gcp_credentials.display().to_string(),
+    );
+    env.set("GOOGLE_CLOUD_PROJECT", fakecloud::gcp::DEMO_PROJECT_ID);
     env.set("AZURE_CLIENT_ID", fakecloud::azure::DEMO_CLIENT_ID);
     env.set("AZURE_TENANT_ID", fakecloud::azure::DEMO_TENANT_ID);
     env.set(
@@ -70,6 +75,12 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
                 aws_auth_token_file: Some(aws_auth.clone()),
                 ..aws::Flags::default()
             },
+            gcp: gcp::Flags {
+                gcp_cluster_name: Some("credbroker-demo".into()),
+                gcp_cluster_location: Some("us-central1".into()),
+                gcp_zone: Some("us-central1-a".into()),
+                ..gcp::Flags::default()
+            },
             azure: azure::Flags {
                 azure_identity_header: Some(identity_header.clone()),
                 ..azure::Flags::default()
@@ -91,6 +102,11 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
         "  AWS STS       {}  (role {})",
         scape.sts.url(),
         fakecloud::aws::DEMO_ROLE_ARN
+    );
+    println!(
+        "  GCP STS + IAM {}  (service account {})",
+        scape.gcp.url(),
+        fakecloud::gcp::DEMO_SERVICE_ACCOUNT
     );
     println!(
         "  Entra ID      {}  (tenant {}, client {})",
@@ -124,6 +140,13 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
         "# with boto3 installed: env -i PATH=\"$PATH\" AWS_CONTAINER_CREDENTIALS_FULL_URI=http://{listen}/v1/credentials \
          AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={} AWS_REGION=us-east-1 python3 -c 'import boto3; print(boto3.Session().get_credentials().get_frozen_credentials().access_key)'",
         aws_auth.display()
+    );
+    println!(
+        "curl -s -H 'Metadata-Flavor: Google' http://{listen}/computeMetadata/v1/instance/service-accounts/default/token"
+    );
+    println!(
+        "# with google-auth installed: env -i PATH=\"$PATH\" GCE_METADATA_HOST={listen} GCE_METADATA_IP={listen} \
+         python3 -c 'import google.auth, google.auth.transport.requests as r; c, p = google.auth.default(); c.refresh(r.Request()); print(p, c.token[:12])'"
     );
     println!(
         "curl -s -H 'Metadata: true' 'http://{listen}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/'"

@@ -248,6 +248,15 @@ impl Issuer {
             .expect("RS256 signing with a valid RSA key")
     }
 
+    /// Signs arbitrary claims with this issuer's key (RS256, `kid` in the header): for tokens
+    /// that are not kubelet-shaped, such as the Google-signed ID tokens the GCP fake returns.
+    pub fn sign(&self, claims: &serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .expect("RS256 signing with a valid RSA key")
+    }
+
     /// Verifies signature (against the JWKS components), `exp` (no leeway), `nbf`, `iss` and
     /// that `aud` contains `audience`.
     pub fn verify(&self, token: &str, audience: &str) -> Result<VerifiedToken, VerifyError> {

@@ -4,12 +4,14 @@
 //! - [`kubelet`]: a projected token volume with kubelet's `..data` symlink swap.
 //! - [`faults`] and [`http`]: fault injection and the server every fake runs on.
 //! - [`aws`]: a faithful fake of STS `AssumeRoleWithWebIdentity`.
+//! - [`gcp`]: a faithful fake of Google STS and IAM Credentials.
 //! - [`azure`]: a faithful fake of the Entra ID token endpoint (client-assertion grant).
 //! - [`Cloudscape`]: all of the above started together.
 
 pub mod aws;
 pub mod azure;
 pub mod faults;
+pub mod gcp;
 pub mod http;
 pub mod issuer;
 pub mod kubelet;
@@ -31,6 +33,7 @@ pub use kubelet::ProjectedToken;
 
 use aws::{DEFAULT_REGION, DEMO_ACCOUNT, DEMO_ROLE_ARN, FakeSts, FakeStsHandle, STS_AUDIENCE};
 use azure::{DEMO_CLIENT_ID, DEMO_TENANT_ID, ENTRA_AUDIENCE, FakeEntra, FakeEntraHandle};
+use gcp::{DEMO_PROJECT_ID, DEMO_PROJECT_NUMBER, DEMO_SERVICE_ACCOUNT, FakeGcp, FakeGcpHandle};
 use http::{ServeOptions, ServerHandle, serve_listener};
 use oidc::IssuerServer;
 
@@ -74,6 +77,11 @@ pub struct Cloudscape {
     pub issuer_server: Arc<IssuerServer>,
     pub aws_token: Arc<ProjectedToken>,
     pub sts: FakeStsHandle,
+    pub gcp_token: Arc<ProjectedToken>,
+    pub gcp: FakeGcpHandle,
+    /// `external_account` files: impersonating [`gcp::DEMO_SERVICE_ACCOUNT`], and direct federation.
+    pub gcp_credentials: PathBuf,
+    pub gcp_credentials_direct: PathBuf,
     pub azure_token: Arc<ProjectedToken>,
     pub entra: FakeEntraHandle,
     issuer_handle: ServerHandle,
@@ -111,6 +119,14 @@ impl Cloudscape {
             opts.token_lifetime,
         )?);
         issuer_server.register(aws_token.clone());
+        let gcp_token = Arc::new(ProjectedToken::create(
+            &token_dir(&state_dir, "gcp"),
+            issuer.clone(),
+            opts.service_account.clone(),
+            &gcp::token_audience(),
+            opts.token_lifetime,
+        )?);
+        issuer_server.register(gcp_token.clone());
         let azure_token = Arc::new(ProjectedToken::create(
             &token_dir(&state_dir, "azure"),
             issuer.clone(),
@@ -127,9 +143,23 @@ impl Cloudscape {
         let entra =
             FakeEntra::start(issuer.clone(), &opts.service_account.subject(), loopback).await?;
 
+        let gcp = FakeGcp::start(issuer.clone(), loopback).await?;
+        gcp.trust(DEMO_SERVICE_ACCOUNT, &opts.service_account.subject());
+        let gcp_dir = state_dir.join("gcp");
+        std::fs::create_dir_all(&gcp_dir)?;
+        let token_file = gcp_token.path().display().to_string();
+        let gcp_credentials = gcp_dir.join("external_account.json");
+        let impersonation = gcp.impersonation_url(DEMO_SERVICE_ACCOUNT);
+        let doc = gcp::external_account_json(&gcp.token_url(), Some(&impersonation), &token_file);
+        std::fs::write(&gcp_credentials, serde_json::to_vec_pretty(&doc)?)?;
+        let gcp_credentials_direct = gcp_dir.join("external_account_direct.json");
+        let doc = gcp::external_account_json(&gcp.token_url(), None, &token_file);
+        std::fs::write(&gcp_credentials_direct, serde_json::to_vec_pretty(&doc)?)?;
+
         let mut rotation = AbortOnDrop::default();
         if let Some(every) = opts.rotate_every {
             rotation.0.push(aws_token.spawn_rotation(every));
+            rotation.0.push(gcp_token.spawn_rotation(every));
             rotation.0.push(azure_token.spawn_rotation(every));
         }
         Ok(Cloudscape {
@@ -137,6 +167,10 @@ impl Cloudscape {
             issuer_server,
             aws_token,
             sts,
+            gcp_token,
+            gcp,
+            gcp_credentials,
+            gcp_credentials_direct,
             azure_token,
             entra,
             issuer_handle,
@@ -165,6 +199,7 @@ impl Cloudscape {
             "issuer": self.issuer.url(),
             "tokens": {
                 "aws": self.aws_token.path(),
+                "gcp": self.gcp_token.path(),
                 "azure": self.azure_token.path(),
             },
             "aws": {
@@ -173,6 +208,19 @@ impl Cloudscape {
                 "role_arn": DEMO_ROLE_ARN,
                 "region": DEFAULT_REGION,
                 "account": DEMO_ACCOUNT,
+            },
+            "gcp": {
+                "sts_endpoint": self.gcp.token_url(),
+                "iam_endpoint": self.gcp.url(),
+                "admin": self.gcp.admin_url(),
+                "credentials_file": self.gcp_credentials,
+                "credentials_file_direct": self.gcp_credentials_direct,
+                "service_account": DEMO_SERVICE_ACCOUNT,
+                "project_id": DEMO_PROJECT_ID,
+                "project_number": DEMO_PROJECT_NUMBER,
+                "audience": gcp::provider_name(DEMO_PROJECT_NUMBER, gcp::DEMO_POOL, gcp::DEMO_PROVIDER),
+                "pool": gcp::DEMO_POOL,
+                "provider": gcp::DEMO_PROVIDER,
             },
             "azure": {
                 "authority_host": format!("{}/", self.entra.url()),
@@ -189,6 +237,7 @@ impl Cloudscape {
     pub async fn shutdown(self) {
         let Cloudscape {
             sts,
+            gcp,
             entra,
             issuer_handle,
             rotation,
@@ -196,6 +245,7 @@ impl Cloudscape {
         } = self;
         drop(rotation);
         sts.shutdown().await;
+        gcp.shutdown().await;
         entra.shutdown().await;
         issuer_handle.shutdown().await;
     }

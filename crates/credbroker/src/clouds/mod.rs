@@ -3,6 +3,7 @@
 
 pub mod aws;
 pub mod azure;
+pub mod gcp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,6 +24,8 @@ use crate::token::{BACKSTOP_INTERVAL, TokenSource};
 pub struct CloudFlags {
     #[command(flatten)]
     pub aws: aws::Flags,
+    #[command(flatten)]
+    pub gcp: gcp::Flags,
     #[command(flatten)]
     pub azure: azure::Flags,
 }
@@ -59,6 +62,9 @@ pub trait CloudRuntime: Send + Sync {
 pub fn detect(env: &Env, flags: &CloudFlags) -> Result<Vec<Box<dyn CloudConfig>>, ConfigError> {
     let mut clouds: Vec<Box<dyn CloudConfig>> = Vec::new();
     if let Some(c) = aws::AwsConfig::from_env(env, &flags.aws)? {
+        clouds.push(Box::new(c));
+    }
+    if let Some(c) = gcp::GcpConfig::from_env(env, &flags.gcp)? {
         clouds.push(Box::new(c));
     }
     if let Some(c) = azure::AzureConfig::from_env(env, &flags.azure)? {

@@ -1,0 +1,285 @@
+//! GCP: workload identity federation (STS, then IAM Credentials when a service account is
+//! impersonated) → a GCE-compatible metadata server.
+
+pub mod config;
+pub mod keys;
+pub mod sts;
+pub mod surface;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::{Flags, GcpConfig};
+pub use keys::{IdFormat, IdKey, ScopeSet};
+use sts::{AccessToken, CLOUD_PLATFORM, GoogleClient, SubjectSource};
+use surface::{MetadataSurface, MetadataTree};
+
+use super::{AppEnv, CloudConfig, CloudRuntime, Shared};
+use crate::clock::Clock;
+use crate::config::{ConfigError, readable_file};
+use crate::exchange::{Exchange, ExchangeError, Fresh};
+use crate::refresh::{Cache, KeyLimits, Policy, Slot};
+use crate::secret::Secret;
+use crate::surface::Surface;
+use crate::timefmt::format_rfc3339;
+
+/// Node's google-auth-library refreshes 5 min before expiry (Python and Java 3m45s, Go 225 s),
+/// and GCE's own metadata server hands out a cached token until 5 min remain (§2.5).
+pub const SDK_WINDOW: Duration = Duration::from_secs(5 * 60);
+
+/// How long a Google ID token is reused. Go assumes an ID token from the metadata server is
+/// valid for 1 h *from fetch* and refreshes it 5 min early, so a token we hand out must be
+/// young: at most this old (§5 suggests 2–3 min).
+pub const ID_TOKEN_REUSE: Duration = Duration::from_secs(3 * 60);
+
+/// Access tokens: half-life, and never later than 10 min before expiry.
+pub fn access_policy() -> Policy {
+    Policy::for_sdk_window(SDK_WINDOW)
+}
+
+/// ID tokens are given an effective lifetime of [`ID_TOKEN_REUSE`]; with no SDK window the
+/// policy refreshes them at about half of it while they are in use.
+pub fn id_policy() -> Policy {
+    Policy::for_sdk_window(Duration::ZERO)
+}
+
+/// ID-token audiences are caller-chosen; bound how many are kept warm and for how long.
+const ID_LIMITS: KeyLimits = KeyLimits {
+    max_keys: 64,
+    idle_ttl: Duration::from_secs(10 * 60),
+};
+
+// === exchangers ===
+
+/// Access tokens for a scope set: STS alone (direct federation), or STS with `cloud-platform`
+/// then `generateAccessToken` with the caller's scopes (impersonation, AIP-4117).
+pub struct AccessExchange {
+    pub client: Arc<GoogleClient>,
+    pub impersonation: Option<config::Impersonation>,
+}
+
+impl Exchange<ScopeSet> for AccessExchange {
+    type Credential = AccessToken;
+
+    async fn exchange(&self, scopes: &ScopeSet) -> Result<Fresh<AccessToken>, ExchangeError> {
+        let token = match &self.impersonation {
+            None => self.client.exchange(scopes.as_slice()).await?,
+            Some(imp) => {
+                let federated = self.client.exchange(&[CLOUD_PLATFORM.to_string()]).await?;
+                self.client
+                    .generate_access_token(
+                        &imp.access_token_url,
+                        &federated,
+                        scopes.as_slice(),
+                        imp.lifetime_secs,
+                    )
+                    .await?
+            }
+        };
+        Ok(Fresh {
+            expires_at: token.expires_at,
+            value: token,
+        })
+    }
+}
+
+/// ID tokens for an (audience, format): STS with `cloud-platform`, then `generateIdToken`.
+pub struct IdExchange {
+    pub client: Arc<GoogleClient>,
+    pub impersonation: config::Impersonation,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Exchange<IdKey> for IdExchange {
+    type Credential = Secret;
+
+    async fn exchange(&self, key: &IdKey) -> Result<Fresh<Secret>, ExchangeError> {
+        let federated = self.client.exchange(&[CLOUD_PLATFORM.to_string()]).await?;
+        let token = self
+            .client
+            .generate_id_token(
+                &self.impersonation.id_token_url,
+                &federated,
+                &key.audience,
+                key.format == IdFormat::Full,
+            )
+            .await?;
+        let reuse_until = self.clock.wall() + ID_TOKEN_REUSE;
+        let exp = crate::token::jwt::decode_claims(token.expose())
+            .ok()
+            .and_then(|c| c.exp)
+            .map(crate::clock::from_unix);
+        Ok(Fresh {
+            value: token,
+            expires_at: exp.map_or(reuse_until, |e| e.min(reuse_until)),
+        })
+    }
+}
+
+// === wiring ===
+
+pub type AccessCache = Cache<ScopeSet, AccessExchange>;
+pub type IdCache = Cache<IdKey, IdExchange>;
+
+pub struct GcpRuntime {
+    access: AccessCache,
+    default_slot: Arc<Slot<AccessToken>>,
+    default_scopes: ScopeSet,
+    identity: String,
+    surfaces: Vec<Arc<dyn Surface>>,
+}
+
+impl CloudConfig for GcpConfig {
+    fn name(&self) -> &'static str {
+        "gcp"
+    }
+
+    fn app_env(&self, listen: SocketAddr) -> AppEnv {
+        let host = listen.to_string();
+        AppEnv {
+            cloud: "gcp",
+            exports: vec![
+                ("GCE_METADATA_HOST".into(), host.clone()),
+                // Python pings this one; node uses it for every call.
+                ("GCE_METADATA_IP".into(), host.clone()),
+                // The legacy name older Python and gcloud read.
+                ("GCE_METADATA_ROOT".into(), host),
+            ],
+            // Each makes SDKs skip or bypass the metadata server (§2.1, §1.4).
+            forbidden: vec![
+                "GOOGLE_APPLICATION_CREDENTIALS",
+                "CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE",
+                "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE",
+                "NO_GCE_CHECK",
+                "METADATA_SERVER_DETECTION",
+            ],
+            notes: vec![
+                format!(
+                    "tools that resolve metadata.google.internal instead of reading GCE_METADATA_HOST (gcloud, DNS-based detection) need a pod hostAliases entry {{ip: \"127.0.0.1\", hostnames: [\"metadata.google.internal\"]}}, and reach the sidecar only if it listens on port 80 (--listen 127.0.0.1:80; now {listen})"
+                ),
+                "the sidecar, not the application, mounts the external_account file and the projected token".into(),
+            ],
+        }
+    }
+
+    fn start(self: Box<Self>, shared: &Shared) -> Result<Arc<dyn CloudRuntime>, ConfigError> {
+        const SUBJECT: &str = "GOOGLE_APPLICATION_CREDENTIALS: credential_source.file";
+        let (subject, watched) = match &self.token_format {
+            config::SubjectFormat::Text => {
+                let token = shared.tokens.get(SUBJECT, &self.token_file)?;
+                (SubjectSource::Watched(token.clone()), Some(token))
+            }
+            config::SubjectFormat::Json { field } => {
+                readable_file(SUBJECT, &self.token_file)?;
+                (
+                    SubjectSource::JsonFile {
+                        path: self.token_file.clone(),
+                        field: field.clone(),
+                    },
+                    None,
+                )
+            }
+        };
+        let client = Arc::new(GoogleClient {
+            http: shared.http.clone(),
+            token_url: self.token_url.clone(),
+            audience: self.audience.clone(),
+            subject_token_type: self.subject_token_type.clone(),
+            subject,
+            client_auth: self.client_auth.clone(),
+            clock: shared.clock.clone(),
+        });
+        let changes = || watched.as_ref().map(|t| t.changes());
+        let access = Cache::build(
+            "gcp",
+            AccessExchange {
+                client: client.clone(),
+                impersonation: self.impersonation.clone(),
+            },
+            access_policy(),
+            shared.clock.clone(),
+            shared.metrics.clone(),
+            changes(),
+            KeyLimits::default(),
+        );
+        let default_scopes = ScopeSet::default_set();
+        let default_slot = access.pin(default_scopes.clone());
+        let ids = self.impersonation.clone().map(|impersonation| {
+            Cache::build(
+                "gcp",
+                IdExchange {
+                    client: client.clone(),
+                    impersonation,
+                    clock: shared.clock.clone(),
+                },
+                id_policy(),
+                shared.clock.clone(),
+                shared.metrics.clone(),
+                changes(),
+                ID_LIMITS,
+            )
+        });
+        let email = self.email();
+        let tree = MetadataTree::build(&self, &email, &default_scopes);
+        let surface = MetadataSurface {
+            access: access.clone(),
+            default_scopes: default_scopes.clone(),
+            ids,
+            tree,
+            email: email.clone(),
+            ksa: watched,
+        };
+        let identity = match &self.impersonation {
+            Some(i) => format!("impersonating {}", i.email),
+            None => format!(
+                "direct federation through {}/{}",
+                self.provider.pool, self.provider.provider
+            ),
+        };
+        tracing::info!(
+            audience = %self.audience,
+            token_url = %self.token_url,
+            service_account = self.impersonation.as_ref().map(|i| i.email.as_str()),
+            project_id = self.project_id.as_deref(),
+            "gcp enabled"
+        );
+        Ok(Arc::new(GcpRuntime {
+            access,
+            default_slot,
+            default_scopes,
+            identity,
+            surfaces: vec![Arc::new(surface)],
+        }))
+    }
+}
+
+impl CloudRuntime for GcpRuntime {
+    fn name(&self) -> &'static str {
+        "gcp"
+    }
+
+    fn surfaces(&self) -> Vec<Arc<dyn Surface>> {
+        self.surfaces.clone()
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        self.access.readiness()
+    }
+
+    fn summary(&self) -> Result<String, String> {
+        match self.default_slot.current() {
+            Some(cred) => Ok(format!(
+                "{}: access token for {} expires {} (in {} s)",
+                self.identity,
+                self.default_scopes,
+                format_rfc3339(cred.expires_wall),
+                cred.remaining(tokio::time::Instant::now()).as_secs()
+            )),
+            None => Err(self.default_slot.readiness().err().unwrap_or_default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

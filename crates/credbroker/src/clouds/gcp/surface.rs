@@ -1,0 +1,438 @@
+//! The GCE metadata server (reference/gcp.md §2.3–2.4): `/`, and `/computeMetadata/v1/...`
+//! with the token, identity, service-account, project, instance and universe entries.
+//!
+//! Rules every response follows: `Metadata-Flavor: Google` (node's gcp-metadata throws without
+//! it, even on errors); `application/text` for scalars and listings and `application/json` for
+//! the token and `?recursive=true` (Python decodes JSON only for that exact type); 403 without
+//! the `Metadata-Flavor: Google` request header (except `/`, which Go's ping sends without it)
+//! or with `X-Forwarded-For`; 503 while a token is being fetched or upstream fails transiently;
+//! 403 or 404 with the upstream reason for a permanent denial.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Method};
+use serde_json::{Value, json};
+
+use super::config::GcpConfig;
+use super::keys::{IdFormat, IdKey, ScopeSet};
+use super::sts::AccessToken;
+use super::{AccessExchange, IdExchange};
+use crate::exchange::Exchange;
+use crate::http::guard;
+use crate::http::server::{Resp, json, respond};
+use crate::refresh::{Cache, Unavailable};
+use crate::secret::Secret;
+use crate::surface::{BoxFuture, Surface};
+use crate::token::TokenSource;
+
+/// How long a request waits for an exchange in flight. Python and node give up on the metadata
+/// server after 3 s per attempt: answer (503, which all retry) well before.
+pub const WAIT: Duration = Duration::from_millis(2200);
+
+const TEXT: &str = "application/text";
+const FLAVOR: &str = "metadata-flavor";
+const PREFIX: &str = "/computeMetadata/v1";
+
+/// One entry of the metadata tree.
+#[derive(Debug, Clone)]
+pub enum Node {
+    /// Children as (path name, key in `?recursive=true` JSON, node).
+    Dir(Vec<(String, String, Node)>),
+    Text(String),
+    Number(u64),
+    /// Served one per line; a JSON array when recursive.
+    Lines(Vec<String>),
+    /// Answered by a handler (`token`, `identity`); listed, but not in recursive output.
+    Dynamic,
+}
+
+impl Node {
+    fn dir(entries: Vec<(&str, &str, Node)>) -> Node {
+        Node::Dir(
+            entries
+                .into_iter()
+                .map(|(n, k, v)| (n.to_string(), k.to_string(), v))
+                .collect(),
+        )
+    }
+
+    fn child(&self, name: &str) -> Option<&Node> {
+        match self {
+            Node::Dir(entries) => entries
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, _, v)| v),
+            _ => None,
+        }
+    }
+
+    fn listing(&self) -> String {
+        let Node::Dir(entries) = self else {
+            return String::new();
+        };
+        entries
+            .iter()
+            .map(|(n, _, v)| match v {
+                Node::Dir(_) => format!("{n}/\n"),
+                _ => format!("{n}\n"),
+            })
+            .collect()
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Node::Dir(entries) => Value::Object(
+                entries
+                    .iter()
+                    .filter(|(_, _, v)| !matches!(v, Node::Dynamic))
+                    .map(|(_, k, v)| (k.clone(), v.to_json()))
+                    .collect(),
+            ),
+            Node::Text(s) => json!(s),
+            Node::Number(n) => json!(n),
+            Node::Lines(l) => json!(l),
+            Node::Dynamic => Value::Null,
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Node::Text(s) => s.clone(),
+            Node::Number(n) => n.to_string(),
+            Node::Lines(l) => l.iter().map(|s| format!("{s}\n")).collect(),
+            Node::Dir(_) => self.listing(),
+            Node::Dynamic => String::new(),
+        }
+    }
+}
+
+/// The static part of the metadata server, built once from configuration.
+#[derive(Debug, Clone)]
+pub struct MetadataTree {
+    root: Node,
+}
+
+impl MetadataTree {
+    pub fn build(config: &GcpConfig, email: &str, default_scopes: &ScopeSet) -> Self {
+        let account = || {
+            Node::dir(vec![
+                ("aliases", "aliases", Node::Lines(vec!["default".into()])),
+                ("email", "email", Node::Text(email.to_string())),
+                ("identity", "identity", Node::Dynamic),
+                (
+                    "scopes",
+                    "scopes",
+                    Node::Lines(default_scopes.as_slice().to_vec()),
+                ),
+                ("token", "token", Node::Dynamic),
+            ])
+        };
+        let number = &config.provider.project_number;
+        let mut project = Vec::new();
+        if let Ok(n) = number.parse::<u64>() {
+            project.push(("numeric-project-id", "numericProjectId", Node::Number(n)));
+        }
+        if let Some(id) = &config.project_id {
+            project.push(("project-id", "projectId", Node::Text(id.clone())));
+        }
+        let i = &config.instance;
+        let mut attributes = Vec::new();
+        if let Some(v) = &i.cluster_location {
+            attributes.push((
+                "cluster-location",
+                "cluster-location",
+                Node::Text(v.clone()),
+            ));
+        }
+        if let Some(v) = &i.cluster_name {
+            attributes.push(("cluster-name", "cluster-name", Node::Text(v.clone())));
+        }
+        let mut instance = vec![
+            ("attributes", "attributes", Node::dir(attributes)),
+            ("hostname", "hostname", Node::Text(i.hostname.clone())),
+            ("id", "id", Node::Number(i.id)),
+            ("name", "name", Node::Text(i.name.clone())),
+            (
+                "service-accounts",
+                "serviceAccounts",
+                Node::Dir(vec![
+                    ("default".into(), "default".into(), account()),
+                    (email.to_string(), email.to_string(), account()),
+                ]),
+            ),
+        ];
+        if let Some(zone) = &i.zone {
+            instance.push((
+                "zone",
+                "zone",
+                Node::Text(format!("projects/{number}/zones/{zone}")),
+            ));
+        }
+        let root = Node::dir(vec![
+            ("instance", "instance", Node::dir(instance)),
+            ("project", "project", Node::dir(project)),
+            (
+                "universe",
+                "universe",
+                Node::dir(vec![(
+                    "universe-domain",
+                    "universeDomain",
+                    Node::Text(config.universe_domain.clone()),
+                )]),
+            ),
+        ]);
+        MetadataTree { root }
+    }
+
+    fn lookup(&self, path: &str) -> Option<&Node> {
+        path.split('/')
+            .filter(|s| !s.is_empty())
+            .try_fold(&self.root, |node, seg| node.child(seg))
+    }
+}
+
+/// The metadata surface. Generic over the exchangers so tests drive it with fakes.
+pub struct MetadataSurface<A = AccessExchange, I = IdExchange>
+where
+    A: Exchange<ScopeSet, Credential = AccessToken>,
+    I: Exchange<IdKey, Credential = Secret>,
+{
+    pub access: Cache<ScopeSet, A>,
+    pub default_scopes: ScopeSet,
+    /// `None` in direct federation: there is no service account to mint ID tokens for.
+    pub ids: Option<Cache<IdKey, I>>,
+    pub tree: MetadataTree,
+    pub email: String,
+    /// The projected token, for the Kubernetes service account named in errors.
+    pub ksa: Option<Arc<TokenSource>>,
+}
+
+fn text(status: u16, body: impl Into<Bytes>) -> Resp {
+    respond(status, TEXT, body)
+}
+
+/// The metadata server's error text (plain, as GCE and GKE answer).
+fn error(status: u16, message: &str) -> Resp {
+    text(status, format!("{message}\n"))
+}
+
+fn unavailable(u: &Unavailable) -> Resp {
+    match u {
+        Unavailable::Pending => error(503, "credbroker: the token is being fetched; retry shortly"),
+        Unavailable::Failed(e) if e.is_transient() => {
+            error(503, &format!("upstream failed, retrying: {e}"))
+        }
+        Unavailable::Failed(e) => {
+            let status = if e.status == Some(404) { 404 } else { 403 };
+            error(status, &e.to_string())
+        }
+    }
+}
+
+/// Owns a rendered token body and wipes it when the last `Bytes` clone drops.
+struct Wiped(Vec<u8>);
+
+impl AsRef<[u8]> for Wiped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+fn wiped(bytes: Vec<u8>) -> Bytes {
+    Bytes::from_owner(Wiped(bytes))
+}
+
+/// The query parameters the server reads (others are ignored, as GCE does).
+#[derive(Default)]
+struct Query {
+    recursive: bool,
+    alt: Option<String>,
+    scopes: Option<String>,
+    audience: Option<String>,
+    format: Option<String>,
+    wait_for_change: bool,
+}
+
+impl Query {
+    fn parse(q: Option<&str>) -> Query {
+        let mut out = Query::default();
+        for (k, v) in url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
+            match k.as_ref() {
+                "recursive" => out.recursive = v.eq_ignore_ascii_case("true"),
+                "alt" => out.alt = Some(v.into_owned()),
+                "scopes" => out.scopes = Some(v.into_owned()),
+                "audience" => out.audience = Some(v.into_owned()),
+                "format" => out.format = Some(v.into_owned()),
+                "wait_for_change" => out.wait_for_change = v.eq_ignore_ascii_case("true"),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+impl<A, I> MetadataSurface<A, I>
+where
+    A: Exchange<ScopeSet, Credential = AccessToken>,
+    I: Exchange<IdKey, Credential = Secret>,
+{
+    async fn serve(&self, req: &Parts) -> Resp {
+        if let Err(refusal) = guard::check(req) {
+            return error(403, refusal.message());
+        }
+        if req.method != Method::GET && req.method != Method::HEAD {
+            return error(405, "Method Not Allowed");
+        }
+        let path = req.uri.path();
+        if path == "/" {
+            // Go's ping sends no flavor header; SDKs check ours.
+            return text(200, "computeMetadata/\n");
+        }
+        let flavored = req
+            .headers
+            .get(FLAVOR)
+            .is_some_and(|v| v.as_bytes() == b"Google");
+        if !flavored {
+            return error(
+                403,
+                "Missing required header \"Metadata-Flavor\": \"Google\"",
+            );
+        }
+        if path == "/computeMetadata" || path == "/computeMetadata/" {
+            return text(200, "v1/\n");
+        }
+        let Some(rest) = path
+            .strip_prefix(PREFIX)
+            .filter(|r| r.is_empty() || r.starts_with('/'))
+        else {
+            // Includes the legacy /computeMetadata/v1beta1/, which must not be served.
+            return error(404, "Not Found");
+        };
+        let q = Query::parse(req.uri.query());
+        if q.wait_for_change {
+            return error(
+                400,
+                "wait_for_change is not supported by this metadata server",
+            );
+        }
+        let rel = rest.trim_start_matches('/');
+        if let Some((account, leaf)) = rel
+            .strip_prefix("instance/service-accounts/")
+            .and_then(|r| r.split_once('/'))
+            && (account == "default" || account == self.email)
+        {
+            match leaf {
+                "token" => return self.token(&q).await,
+                "identity" => return self.identity(&q).await,
+                _ => {}
+            }
+        }
+        let Some(node) = self.tree.lookup(rel) else {
+            return error(404, "Not Found");
+        };
+        let trailing = rest.ends_with('/') && !rel.is_empty();
+        let json_alt = q.alt.as_deref() == Some("json");
+        match node {
+            Node::Dir(_) if q.recursive => json(200, node.to_json().to_string()),
+            Node::Dir(_) if json_alt => {
+                let names: Vec<String> = node.listing().lines().map(str::to_string).collect();
+                json(200, json!(names).to_string())
+            }
+            Node::Dir(_) => text(200, node.listing()),
+            // A leaf with a trailing slash is not a directory.
+            _ if trailing => error(404, "Not Found"),
+            Node::Dynamic => error(404, "Not Found"),
+            leaf if json_alt => json(200, leaf.to_json().to_string()),
+            leaf => text(200, leaf.text()),
+        }
+    }
+
+    async fn token(&self, q: &Query) -> Resp {
+        let scopes = match ScopeSet::parse(q.scopes.as_deref()) {
+            Ok(s) => s.unwrap_or_else(|| self.default_scopes.clone()),
+            Err(why) => return error(400, &why),
+        };
+        match self.access.get(&scopes, WAIT).await {
+            Ok(cred) => {
+                // The remaining lifetime now, never 0 (Go rejects 0; the cache never serves
+                // a token with under 5 s left).
+                let expires_in = cred.remaining(tokio::time::Instant::now()).as_secs().max(1);
+                let body = serde_json::to_vec(&json!({
+                    "access_token": cred.value.token.expose(),
+                    "expires_in": expires_in,
+                    "token_type": "Bearer",
+                }))
+                .unwrap_or_default();
+                respond(200, "application/json", wiped(body))
+            }
+            Err(u) => unavailable(&u),
+        }
+    }
+
+    async fn identity(&self, q: &Query) -> Resp {
+        let Some(ids) = &self.ids else {
+            let ksa = self
+                .ksa
+                .as_ref()
+                .and_then(|t| t.snapshot().token.ok())
+                .and_then(|t| t.claims.sub)
+                .and_then(|s| {
+                    s.strip_prefix("system:serviceaccount:")
+                        .map(|r| r.replacen(':', "/", 1))
+                })
+                .unwrap_or_else(|| "unknown".into());
+            return error(
+                404,
+                &format!(
+                    "Your Kubernetes service account ({ksa}) is not annotated with a target Google service account, which is a requirement for retrieving Identity Tokens using Workload Identity. (credbroker: the external_account configuration has no service_account_impersonation_url.)"
+                ),
+            );
+        };
+        let key = IdFormat::parse(q.format.as_deref())
+            .and_then(|f| IdKey::new(q.audience.as_deref().unwrap_or_default(), f));
+        let key = match key {
+            Ok(k) => k,
+            Err(why) => return error(400, &why),
+        };
+        match ids.get(&key, WAIT).await {
+            Ok(cred) => text(200, wiped(cred.value.expose().as_bytes().to_vec())),
+            Err(u) => unavailable(&u),
+        }
+    }
+}
+
+impl<A, I> Surface for MetadataSurface<A, I>
+where
+    A: Exchange<ScopeSet, Credential = AccessToken>,
+    I: Exchange<IdKey, Credential = Secret>,
+{
+    fn name(&self) -> &'static str {
+        "gcp-metadata"
+    }
+
+    fn claims(&self, path: &str) -> bool {
+        path == "/" || path == "/computeMetadata" || path.starts_with("/computeMetadata/")
+    }
+
+    fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {
+        Box::pin(async move {
+            let mut resp = self.serve(req).await;
+            let h = resp.headers_mut();
+            h.insert(FLAVOR, HeaderValue::from_static("Google"));
+            h.insert(
+                http::header::SERVER,
+                HeaderValue::from_static("Metadata Server for VM"),
+            );
+            resp
+        })
+    }
+}
