@@ -146,6 +146,9 @@ impl Bound {
         });
         let limits = ServerLimits {
             max_connections: self.args.common.max_connections.max(256),
+            header_read_timeout: Duration::from_millis(
+                self.args.common.header_read_timeout_ms.max(100),
+            ),
             ..ServerLimits::default()
         };
         let ops_limits = ServerLimits {

@@ -94,6 +94,17 @@ pub struct CommonArgs {
     )]
     pub max_connections: usize,
 
+    /// Time a client has to send a request's headers, after which an idle keep-alive connection
+    /// is closed too (milliseconds). Hidden: tests shorten it; the default suits every SDK.
+    #[arg(
+        long,
+        env = "CREDBROKER_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000,
+        value_name = "MS",
+        hide = true
+    )]
+    pub header_read_timeout_ms: u64,
+
     /// After binding, write `credentials=ADDR` and `ops=ADDR` lines here (for ports chosen with :0).
     #[arg(long, env = "CREDBROKER_ADDR_FILE", value_name = "PATH")]
     pub addr_file: Option<PathBuf>,

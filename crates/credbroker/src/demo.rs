@@ -68,6 +68,7 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
             upstream_ca_file: None,
             group_readable_files: false,
             max_connections: 1024,
+            header_read_timeout_ms: 10_000,
             addr_file: None,
         },
         clouds: CloudFlags {

@@ -29,7 +29,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::aws::sha256_hex;
 use crate::faults::{Fault, Faults};
@@ -295,6 +295,8 @@ pub struct FakeGcp {
     grants: Mutex<HashMap<String, Grant>>,
     log: Mutex<Vec<GcpRecord>>,
     issued: AtomicUsize,
+    /// Test hook: lifetime of every access token issued, whatever was asked (0 = off).
+    lifetime_override: AtomicU64,
 }
 
 /// A running [`FakeGcp`]; derefs to it. Dropping it stops the server.
@@ -356,6 +358,7 @@ impl FakeGcp {
             grants: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
             issued: AtomicUsize::new(0),
+            lifetime_override: AtomicU64::new(0),
         };
         gcp.add_provider(DEMO_POOL, DEMO_PROVIDER);
         gcp.add_service_account(DEMO_SERVICE_ACCOUNT);
@@ -449,6 +452,20 @@ impl FakeGcp {
         &self.faults
     }
 
+    /// Test hook, not a Google behaviour: STS and `generateAccessToken` tokens expire
+    /// `lifetime` after issue whatever was asked, so refreshes happen within seconds.
+    pub fn set_issued_lifetime(&self, lifetime: Option<std::time::Duration>) {
+        let secs = lifetime.map_or(0, |d| d.as_secs().max(1));
+        self.lifetime_override.store(secs, Ordering::SeqCst);
+    }
+
+    fn lifetime_or(&self, asked: u64) -> u64 {
+        match self.lifetime_override.load(Ordering::SeqCst) {
+            0 => asked,
+            forced => forced,
+        }
+    }
+
     pub fn log(&self) -> Vec<GcpRecord> {
         self.log.lock().clone()
     }
@@ -538,7 +555,7 @@ impl FakeGcp {
 
         let subject = self.verify_subject(token, audience, &provider)?;
         let now = unix_now();
-        let expires_at = (now + STS_LIFETIME).min(subject.exp);
+        let expires_at = (now + self.lifetime_or(STS_LIFETIME)).min(subject.exp);
         let access_token = format!("ya29.d.{}", random_b64(180));
         rec.token = Some(access_token.clone());
         rec.expires_in = Some(expires_at - now);
@@ -775,6 +792,7 @@ impl FakeGcp {
                 ));
             }
             let token = format!("ya29.c.{}", random_b64(180));
+            let lifetime = self.lifetime_or(lifetime);
             let expire_time = iso8601(now + lifetime);
             rec.token = Some(token.clone());
             rec.expires_in = Some(lifetime);

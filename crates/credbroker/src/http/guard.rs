@@ -16,13 +16,25 @@ pub enum Refusal {
 impl Refusal {
     pub fn message(self) -> &'static str {
         match self {
-            Refusal::Proxied => "requests with X-Forwarded-For or Forwarded are refused",
+            Refusal::Proxied => {
+                "requests that came through a proxy (X-Forwarded-For, Forwarded, Via, X-Real-IP, X-Forwarded-Host) are refused"
+            }
             Refusal::ForeignHost => {
                 "the Host header must name a loopback address or a metadata host"
             }
         }
     }
 }
+
+/// Headers a proxy adds. No SDK sends any of them to a metadata service; their presence means
+/// the request was relayed, possibly by an application tricked into fetching a URL (SSRF).
+const PROXY_HEADERS: &[&str] = &[
+    "x-forwarded-for",
+    "forwarded",
+    "via",
+    "x-real-ip",
+    "x-forwarded-host",
+];
 
 /// Host names SDKs legitimately use to reach a metadata surface.
 const METADATA_HOSTS: &[&str] = &[
@@ -36,37 +48,57 @@ const METADATA_HOSTS: &[&str] = &[
     "fd00:ec2::23",
 ];
 
+/// Refuses proxied requests and requests naming a host that is not ours.
+///
+/// Every name the request carries must be acceptable: the `Host` header (several, or one that
+/// is not text, are refused: parsers disagree on which one counts) and the authority of an
+/// absolute-form request target (`GET http://host/path`), which HTTP/1.1 says wins over `Host`.
 pub fn check(req: &Parts) -> Result<(), Refusal> {
     let h = &req.headers;
-    if h.contains_key("x-forwarded-for") || h.contains_key(http::header::FORWARDED) {
+    if PROXY_HEADERS.iter().any(|name| h.contains_key(*name)) {
         return Err(Refusal::Proxied);
     }
-    let host = h
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri.host());
-    match host {
-        None => Ok(()), // HTTP/1.0 without Host: nothing to rebind.
-        Some(host) if host_allowed(host) => Ok(()),
-        Some(_) => Err(Refusal::ForeignHost),
+    let mut hosts = h.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(Refusal::ForeignHost),
+        (Some(value), None) => match value.to_str() {
+            Ok(host) if host_allowed(host) => {}
+            _ => return Err(Refusal::ForeignHost),
+        },
+        // HTTP/1.0 without Host: nothing a browser sends, nothing to rebind.
+        (None, _) => {}
+    }
+    match req.uri.authority() {
+        Some(authority) if !host_allowed(authority.as_str()) => Err(Refusal::ForeignHost),
+        _ => Ok(()),
     }
 }
 
 fn host_allowed(host: &str) -> bool {
-    let name = strip_port(host);
+    let Some(name) = strip_port(host.trim()) else {
+        return false;
+    };
     if let Ok(ip) = name.parse::<std::net::IpAddr>() {
         return ip.is_loopback() || METADATA_HOSTS.contains(&name);
     }
     METADATA_HOSTS.iter().any(|m| m.eq_ignore_ascii_case(name))
 }
 
-fn strip_port(host: &str) -> &str {
+/// The host part of `host[:port]` or `[v6][:port]`; `None` when anything but a port follows
+/// (`[::1]evil`, `host:port:port`, userinfo), so such a value is refused, not guessed at.
+fn strip_port(host: &str) -> Option<&str> {
+    let port_ok = |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
     if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
+        let (name, after) = rest.split_once(']')?;
+        return match after {
+            "" => Some(name),
+            a => a.strip_prefix(':').filter(|p| port_ok(p)).map(|_| name),
+        };
     }
     match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
+        Some((name, port)) if port_ok(port) && !name.contains(':') => Some(name),
+        Some(_) => None,
+        None => Some(host),
     }
 }
 
@@ -101,6 +133,17 @@ mod tests {
             "evil.example.com:8189",
             "10.0.0.1:8189",
             "127.0.0.1.nip.io",
+            "[::1]evil.example.com",
+            "[::1].evil.example.com:80",
+            "[::1]:80:80",
+            "127.0.0.1:8189:8189",
+            "127.0.0.1:",
+            "127.0.0.1:123456",
+            "user@127.0.0.1",
+            "::1",
+            "[::ffff:127.0.0.1]",
+            "0.0.0.0",
+            "",
         ] {
             assert_eq!(
                 check(&parts(&[("host", bad)])),
@@ -112,6 +155,40 @@ mod tests {
     }
 
     #[test]
+    fn every_name_a_request_carries_is_checked() {
+        // Two Host headers: whichever a parser picks, refuse.
+        assert_eq!(
+            check(&parts(&[("host", "127.0.0.1"), ("host", "evil.example.com")])),
+            Err(Refusal::ForeignHost)
+        );
+        // A Host that is not text cannot be judged, so it is refused.
+        let mut p = parts(&[]);
+        p.headers.insert(
+            http::header::HOST,
+            http::HeaderValue::from_bytes(b"evil\xff.example.com").unwrap(),
+        );
+        assert_eq!(check(&p), Err(Refusal::ForeignHost));
+        // Absolute-form targets: the authority counts as well as the Host header.
+        let abs = |uri: &str, host: &str| {
+            http::Request::builder()
+                .uri(uri)
+                .header("host", host)
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        assert_eq!(
+            check(&abs("http://evil.example.com/v1/credentials", "127.0.0.1")),
+            Err(Refusal::ForeignHost)
+        );
+        assert_eq!(
+            check(&abs("http://127.0.0.1:8189/v1/credentials", "127.0.0.1")),
+            Ok(())
+        );
+    }
+
+    #[test]
     fn proxied() {
         assert_eq!(
             check(&parts(&[
@@ -120,9 +197,12 @@ mod tests {
             ])),
             Err(Refusal::Proxied)
         );
-        assert_eq!(
-            check(&parts(&[("forwarded", "for=1.2.3.4")])),
-            Err(Refusal::Proxied)
-        );
+        for header in ["forwarded", "via", "x-real-ip", "x-forwarded-host", "X-Forwarded-For"] {
+            assert_eq!(
+                check(&parts(&[("host", "127.0.0.1"), (header, "1.2.3.4")])),
+                Err(Refusal::Proxied),
+                "{header}"
+            );
+        }
     }
 }
