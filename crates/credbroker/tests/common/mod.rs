@@ -35,6 +35,59 @@ pub fn aws_env(scape: &Cloudscape) -> Vec<(String, String)> {
     ]
 }
 
+/// The sidecar's environment for GCP: the `external_account` file (impersonating the demo
+/// service account) and the project.
+pub fn gcp_env(scape: &Cloudscape) -> Vec<(String, String)> {
+    vec![
+        (
+            "GOOGLE_APPLICATION_CREDENTIALS".into(),
+            scape.gcp_credentials.display().to_string(),
+        ),
+        (
+            "GOOGLE_CLOUD_PROJECT".into(),
+            fakecloud::gcp::DEMO_PROJECT_ID.into(),
+        ),
+    ]
+}
+
+/// The App Service shared header the Azure tests start the broker with.
+pub const AZURE_IDENTITY_HEADER: &str = "itest-identity-header-0123456789abcdef";
+
+/// The sidecar's environment for Azure, as the workload identity webhook would inject it, plus
+/// the App Service shared header.
+pub fn azure_env(scape: &Cloudscape) -> Vec<(String, String)> {
+    vec![
+        (
+            "AZURE_CLIENT_ID".into(),
+            fakecloud::azure::DEMO_CLIENT_ID.into(),
+        ),
+        (
+            "AZURE_TENANT_ID".into(),
+            fakecloud::azure::DEMO_TENANT_ID.into(),
+        ),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE".into(),
+            scape.azure_token.path().display().to_string(),
+        ),
+        (
+            "AZURE_AUTHORITY_HOST".into(),
+            format!("{}/", scape.entra.url()),
+        ),
+        (
+            "CREDBROKER_AZURE_IDENTITY_HEADER".into(),
+            AZURE_IDENTITY_HEADER.into(),
+        ),
+    ]
+}
+
+/// Every cloud the emulated cloudscape offers, enabled together.
+pub fn all_env(scape: &Cloudscape) -> Vec<(String, String)> {
+    let mut env = aws_env(scape);
+    env.extend(gcp_env(scape));
+    env.extend(azure_env(scape));
+    env
+}
+
 pub struct Broker {
     pub child: Child,
     pub creds: SocketAddr,
@@ -46,6 +99,16 @@ pub struct Broker {
 impl Broker {
     /// Starts `credbroker serve` on ephemeral loopback ports and waits for it to bind.
     pub async fn start(dir: &Path, env: &[(String, String)], extra: &[&str]) -> Broker {
+        Self::start_at_level(dir, env, extra, "debug").await
+    }
+
+    /// [`Broker::start`] with a given `--log-level`.
+    pub async fn start_at_level(
+        dir: &Path,
+        env: &[(String, String)],
+        extra: &[&str],
+        level: &str,
+    ) -> Broker {
         std::fs::create_dir_all(dir).unwrap();
         let addr_file = dir.join("addrs");
         let _ = std::fs::remove_file(&addr_file);
@@ -56,7 +119,7 @@ impl Broker {
             .envs(env.iter().cloned())
             .args([
                 "--log-level",
-                "debug",
+                level,
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
@@ -108,6 +171,23 @@ impl Broker {
 
     pub fn auth_token(&self) -> String {
         std::fs::read_to_string(self.dir.join("aws-auth-token")).unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// An IMDSv2 session token.
+    pub async fn imds_session(&self) -> String {
+        let r = request(
+            self.creds,
+            "PUT",
+            "/latest/api/token",
+            &[("X-aws-ec2-metadata-token-ttl-seconds", "21600")],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
     }
 
     pub fn logs(&self) -> String {
