@@ -255,12 +255,13 @@ async fn drive<K: CacheKey, E: Exchange<K>>(
     pinned: bool,
 ) {
     let mut failures: u32 = 0;
-    let mut token_changes = match cache.upgrade() {
-        Some(inner) => inner.token_changes.clone(),
+    let (mut token_changes, min_interval) = match cache.upgrade() {
+        Some(inner) => (inner.token_changes.clone(), inner.policy.min_interval),
         None => return,
     };
     loop {
         let Some(inner) = cache.upgrade() else { return };
+        let started = Instant::now();
         let next = attempt(&inner, &key, &slot, &mut failures).await;
         drop(inner);
 
@@ -278,6 +279,8 @@ async fn drive<K: CacheKey, E: Exchange<K>>(
                 }
                 changed = changed(&mut token_changes), if failing && token_changes.is_some() => {
                     if changed {
+                        // However often the file changes, attempts stay `min_interval` apart.
+                        sleep_until(started + min_interval).await;
                         break;
                     }
                     token_changes = None;

@@ -327,6 +327,26 @@ async fn token_change_retries_a_failing_slot_at_once() {
     assert_eq!(ex.calls(), 2);
 }
 
+/// A token file that changes all the time while exchanges fail must not turn the immediate
+/// retry on a token change into a loop: attempts stay `min_interval` apart.
+#[tokio::test(start_paused = true)]
+async fn token_churn_while_failing_is_rate_limited() {
+    let ex = Scripted::new(mins(60));
+    for _ in 0..1000 {
+        ex.then(Step::Err(ExchangeError::transient("TokenFile", "not a JWT")));
+    }
+    let (tx, rx) = watch::channel(0u64);
+    let _cache = cache_with(&ex, aws_policy(), Some(rx), KeyLimits::default());
+    _cache.pin("role".into());
+    for i in 1..=1000u64 {
+        sleep(Duration::from_millis(10)).await;
+        tx.send(i).unwrap();
+    }
+    // 10 s of churn: at most one attempt per second (plus the first).
+    assert!(ex.calls() <= 11, "{} attempts in 10 s", ex.calls());
+    assert!(ex.calls() >= 5, "token changes stopped causing retries: {}", ex.calls());
+}
+
 #[tokio::test(start_paused = true)]
 async fn upstream_that_never_answers_times_out_as_transient() {
     struct Hang;

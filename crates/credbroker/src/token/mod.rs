@@ -104,9 +104,12 @@ impl TokenSource {
     pub fn read_now(&self) -> Result<Token, TokenError> {
         let raw = read_capped(&self.path);
         let raw_secret = raw.as_ref().ok().cloned();
+        // A change is a change of bytes, or of the verdict below. An unreadable file that stays
+        // unreadable is not a change: every change wakes failing refreshers for an immediate
+        // retry, and each retry re-reads the file, so "changed on every error" was a tight loop.
         let changed = {
             let mut last = self.last_raw.lock();
-            let changed = *last != raw_secret || raw.is_err();
+            let changed = *last != raw_secret;
             *last = raw_secret;
             changed
         };

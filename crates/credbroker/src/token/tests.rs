@@ -145,3 +145,32 @@ async fn backstop_catches_changes_without_events() {
     ));
     task.abort();
 }
+
+/// Re-reading a file that stays unreadable (missing, or not UTF-8) is not a change: changes wake
+/// failing refreshers for an immediate retry, which re-reads the file.
+#[test]
+fn a_file_that_stays_bad_does_not_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    kubelet_write(dir.path(), &token_expiring_in(3600, 0), 0);
+    let path = dir.path().join("token");
+    let src = open(&path);
+    let changes = src.changes();
+    let data = std::fs::read_link(dir.path().join("..data")).unwrap();
+    let payload = dir.path().join(data).join("token");
+    for bad in [None, Some(b"\x00\xff not utf-8".to_vec()), Some(Vec::new())] {
+        match &bad {
+            None => std::fs::remove_file(&payload).unwrap(),
+            Some(bytes) => std::fs::write(&payload, bytes).unwrap(),
+        }
+        assert!(src.read_now().is_err());
+        let ticks = *changes.borrow();
+        for _ in 0..5 {
+            assert!(src.read_now().is_err());
+        }
+        assert_eq!(*changes.borrow(), ticks, "{bad:?}: unchanged bad file ticked");
+    }
+    std::fs::write(&payload, token_expiring_in(3600, 1)).unwrap();
+    let ticks = *changes.borrow();
+    assert!(src.read_now().is_ok());
+    assert_eq!(*changes.borrow(), ticks + 1);
+}
