@@ -204,16 +204,28 @@ fn read_capped(path: &Path) -> Result<Secret, TokenError> {
     file.take(MAX_TOKEN_BYTES + 1)
         .read_to_end(&mut buf)
         .map_err(unreadable)?;
+    from_bytes(path, &buf)
+}
+
+/// Validates a token file's content as [`TokenSource::read_now`] does (size, UTF-8, JWT shape,
+/// `exp`), without touching the file system. `path` only names the file in errors.
+pub fn parse_token_bytes(path: &Path, bytes: &[u8], clock: &dyn Clock) -> Result<Token, TokenError> {
+    validate(path, from_bytes(path, bytes), clock)
+}
+
+fn from_bytes(path: &Path, buf: &[u8]) -> Result<Secret, TokenError> {
+    let shown = || path.display().to_string();
     if buf.len() as u64 > MAX_TOKEN_BYTES {
         let size = std::fs::metadata(path)
             .map(|m| m.len())
-            .unwrap_or(buf.len() as u64);
+            .unwrap_or(buf.len() as u64)
+            .max(buf.len() as u64);
         return Err(TokenError::Oversized {
             path: shown(),
             size,
         });
     }
-    match std::str::from_utf8(&buf) {
+    match std::str::from_utf8(buf) {
         Ok(s) => Ok(Secret::new(s)),
         Err(_) => Err(TokenError::NotJwt {
             path: shown(),

@@ -3,7 +3,7 @@
 pub mod config;
 pub mod sts;
 pub mod surface;
-mod xml;
+pub mod xml;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -128,18 +128,7 @@ impl GoogleClient {
         }
         let started = self.clock.wall();
         let body = send(req).await?;
-        let resp: StsResponse = parse(&body, "STS")?;
-        let expires_in = match resp.expires_in {
-            Some(Value::Number(n)) => n.as_u64(),
-            // Python tolerates a string here; so do we.
-            Some(Value::String(s)) => s.trim().parse().ok(),
-            _ => None,
-        }
-        .ok_or_else(|| malformed("STS answered without a usable expires_in"))?;
-        Ok(AccessToken {
-            token: checked_token(resp.access_token, "STS")?,
-            expires_at: started + Duration::from_secs(expires_in),
-        })
+        parse_sts_success(&body, started)
     }
 
     /// IAM Credentials `generateAccessToken` for the caller's scopes.
@@ -157,17 +146,7 @@ impl GoogleClient {
             .bearer_auth(federated.token.expose())
             .json(&body);
         let body = send(req).await?;
-        let resp: GenerateAccessTokenResponse = parse(&body, "generateAccessToken")?;
-        let expires_at = parse_rfc3339(&resp.expire_time).ok_or_else(|| {
-            malformed(&format!(
-                "generateAccessToken answered an unparseable expireTime {:?}",
-                resp.expire_time
-            ))
-        })?;
-        Ok(AccessToken {
-            token: checked_token(resp.access_token, "generateAccessToken")?,
-            expires_at,
-        })
+        parse_access_token_success(&body)
     }
 
     /// IAM Credentials `generateIdToken`; `include_email` adds `email`/`email_verified`.
@@ -185,14 +164,52 @@ impl GoogleClient {
             .bearer_auth(federated.token.expose())
             .json(&body);
         let body = send(req).await?;
-        let resp: GenerateIdTokenResponse = parse(&body, "generateIdToken")?;
-        if resp.token.split('.').count() != 3 {
-            return Err(malformed(
-                "generateIdToken answered a token that is not a JWT",
-            ));
-        }
-        Ok(Secret::new(resp.token))
+        parse_id_token_success(&body)
     }
+}
+
+/// A 200 from STS; `started` is when the request left, so the expiry errs early.
+pub fn parse_sts_success(body: &[u8], started: SystemTime) -> Result<AccessToken, ExchangeError> {
+    let resp: StsResponse = parse(body, "STS")?;
+    let expires_in = match resp.expires_in {
+        Some(Value::Number(n)) => n.as_u64(),
+        // Python tolerates a string here; so do we.
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| malformed("STS answered without a usable expires_in"))?;
+    Ok(AccessToken {
+        token: checked_token(resp.access_token, "STS")?,
+        expires_at: started
+            .checked_add(Duration::from_secs(expires_in))
+            .ok_or_else(|| malformed("STS answered an expires_in out of range"))?,
+    })
+}
+
+/// A 200 from `generateAccessToken`.
+pub fn parse_access_token_success(body: &[u8]) -> Result<AccessToken, ExchangeError> {
+    let resp: GenerateAccessTokenResponse = parse(body, "generateAccessToken")?;
+    let expires_at = parse_rfc3339(&resp.expire_time).ok_or_else(|| {
+        malformed(&format!(
+            "generateAccessToken answered an unparseable expireTime {:?}",
+            resp.expire_time
+        ))
+    })?;
+    Ok(AccessToken {
+        token: checked_token(resp.access_token, "generateAccessToken")?,
+        expires_at,
+    })
+}
+
+/// A 200 from `generateIdToken`.
+pub fn parse_id_token_success(body: &[u8]) -> Result<Secret, ExchangeError> {
+    let resp: GenerateIdTokenResponse = parse(body, "generateIdToken")?;
+    if resp.token.split('.').count() != 3 {
+        return Err(malformed(
+            "generateIdToken answered a token that is not a JWT",
+        ));
+    }
+    Ok(Secret::new(resp.token))
 }
 
 fn malformed(message: &str) -> ExchangeError {
