@@ -42,7 +42,10 @@ impl Router {
 impl Handler for Router {
     async fn call(&self, req: Parts) -> Resp {
         let (name, resp) = self.route(&req).await;
-        self.metrics.request(name, resp.status().as_u16());
+        let status = resp.status().as_u16();
+        self.metrics.request(name, status);
+        // The path only: headers carry the shared secrets, and queries are not needed here.
+        tracing::trace!(method = %req.method, path = req.uri.path(), surface = name, status, "request");
         resp
     }
 }

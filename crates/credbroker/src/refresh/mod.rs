@@ -324,6 +324,7 @@ async fn attempt<K: CacheKey, E: Exchange<K>>(
 ) -> Instant {
     let policy = &inner.policy;
     slot.start_attempt();
+    tracing::debug!(cloud = inner.cloud, key = %key, "exchange started");
     let started = Instant::now();
     let result = match timeout(policy.exchange_timeout, inner.exchanger.exchange(key)).await {
         Ok(result) => result,

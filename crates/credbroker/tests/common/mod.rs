@@ -131,7 +131,7 @@ impl Broker {
             .arg("--aws-auth-token-file")
             .arg(dir.join("aws-auth-token"))
             .args(extra)
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("broker.out")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap());
         let mut child = cmd.spawn().expect("spawn credbroker");
         let deadline = Instant::now() + Duration::from_secs(15);
