@@ -248,6 +248,15 @@ impl Issuer {
             .expect("RS256 signing with a valid RSA key")
     }
 
+    /// Signs arbitrary `claims` RS256 under this issuer's key and `kid` (fakes that mint
+    /// other JWTs, such as OCI's resource principal session tokens).
+    pub fn sign_claims(&self, claims: &serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .expect("RS256 signing with a valid RSA key")
+    }
+
     /// Verifies signature (against the JWKS components), `exp` (no leeway), `nbf`, `iss` and
     /// that `aud` contains `audience`.
     pub fn verify(&self, token: &str, audience: &str) -> Result<VerifiedToken, VerifyError> {

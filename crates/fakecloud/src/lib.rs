@@ -4,6 +4,7 @@
 //! - [`kubelet`]: a projected token volume with kubelet's `..data` symlink swap.
 //! - [`faults`] and [`http`]: fault injection and the server every fake runs on.
 //! - [`aws`]: a faithful fake of STS `AssumeRoleWithWebIdentity`.
+//! - [`oci`]: OKE proxymux (HTTPS, generated CA) and a signature-verifying OCI API.
 //! - [`Cloudscape`]: all of the above started together.
 
 pub mod aws;
@@ -11,6 +12,7 @@ pub mod faults;
 pub mod http;
 pub mod issuer;
 pub mod kubelet;
+pub mod oci;
 pub mod oidc;
 mod timefmt;
 
@@ -29,6 +31,7 @@ pub use kubelet::ProjectedToken;
 
 use aws::{DEFAULT_REGION, DEMO_ACCOUNT, DEMO_ROLE_ARN, FakeSts, FakeStsHandle, STS_AUDIENCE};
 use http::{ServeOptions, ServerHandle, serve_listener};
+use oci::{FakeOciApi, FakeOciApiHandle, FakeProxymux, FakeProxymuxHandle, Pki};
 use oidc::IssuerServer;
 
 /// Options for [`Cloudscape::start`].
@@ -41,6 +44,8 @@ pub struct CloudscapeOptions {
     /// Rotate every token on this period; `None` rotates only on request.
     pub rotate_every: Option<Duration>,
     pub service_account: ServiceAccount,
+    /// Lifetime of the RPSTs the OCI proxymux mints.
+    pub oci_rpst_lifetime: Duration,
 }
 
 impl CloudscapeOptions {
@@ -59,6 +64,7 @@ impl Default for CloudscapeOptions {
             token_lifetime: Duration::from_secs(3600),
             rotate_every: None,
             service_account: ServiceAccount::default(),
+            oci_rpst_lifetime: oci::proxymux::DEFAULT_RPST_LIFETIME,
         }
     }
 }
@@ -71,6 +77,11 @@ pub struct Cloudscape {
     pub issuer_server: Arc<IssuerServer>,
     pub aws_token: Arc<ProjectedToken>,
     pub sts: FakeStsHandle,
+    pub oci_token: Arc<ProjectedToken>,
+    pub proxymux: FakeProxymuxHandle,
+    pub oci_api: FakeOciApiHandle,
+    /// The cluster CA that signed proxymux's certificate (`ca.crt`), PEM.
+    pub oci_ca_path: PathBuf,
     issuer_handle: ServerHandle,
     rotation: AbortOnDrop,
 }
@@ -106,21 +117,55 @@ impl Cloudscape {
             opts.token_lifetime,
         )?);
         issuer_server.register(aws_token.clone());
+        let oci_token = Arc::new(ProjectedToken::create(
+            &token_dir(&state_dir, "oci"),
+            issuer.clone(),
+            opts.service_account.clone(),
+            oci::SA_AUDIENCE,
+            opts.token_lifetime,
+        )?);
+        issuer_server.register(oci_token.clone());
         let issuer_handle =
             serve_listener(issuer_server.clone(), listener, ServeOptions::default())?;
 
         let sts = FakeSts::start(issuer.clone(), loopback).await?;
         sts.trust(DEMO_ROLE_ARN, &opts.service_account.subject());
 
+        // Proxymux is verified by IP, as pods reach it through KUBERNETES_SERVICE_HOST.
+        let pki = Pki::generate(
+            "fakecloud cluster CA",
+            &[loopback.ip()],
+            &["localhost", "kubernetes.default.svc"],
+        )?;
+        let oci_ca_path = state_dir.join("oci").join("ca.crt");
+        std::fs::create_dir_all(state_dir.join("oci"))?;
+        std::fs::write(&oci_ca_path, pki.ca_pem())?;
+        let rpst_signer = Arc::new(Issuer::new(oci::RPST_ISSUER));
+        let proxymux = FakeProxymux::start(
+            issuer.clone(),
+            rpst_signer.clone(),
+            oci::SA_AUDIENCE,
+            &pki,
+            loopback,
+        )
+        .await?;
+        proxymux.set_rpst_lifetime(opts.oci_rpst_lifetime);
+        let oci_api = FakeOciApi::start(rpst_signer, loopback).await?;
+
         let mut rotation = AbortOnDrop::default();
         if let Some(every) = opts.rotate_every {
             rotation.0.push(aws_token.spawn_rotation(every));
+            rotation.0.push(oci_token.spawn_rotation(every));
         }
         Ok(Cloudscape {
             issuer,
             issuer_server,
             aws_token,
             sts,
+            oci_token,
+            proxymux,
+            oci_api,
+            oci_ca_path,
             issuer_handle,
             rotation,
         })
@@ -147,6 +192,7 @@ impl Cloudscape {
             "issuer": self.issuer.url(),
             "tokens": {
                 "aws": self.aws_token.path(),
+                "oci": self.oci_token.path(),
             },
             "aws": {
                 "sts_endpoint": self.sts.url(),
@@ -155,6 +201,23 @@ impl Cloudscape {
                 "region": DEFAULT_REGION,
                 "account": DEMO_ACCOUNT,
             },
+            "oci": {
+                "proxymux_host": self.proxymux.host().to_string(),
+                "proxymux_port": self.proxymux.port(),
+                "proxymux_url": self.proxymux.url(),
+                "ca_path": self.oci_ca_path,
+                "api_endpoint": self.oci_api.url(),
+                "admin": self.proxymux.admin_url(),
+                "api_admin": self.oci_api.admin_url(),
+                "region": oci::DEFAULT_REGION,
+                "tenancy": oci::DEMO_TENANCY,
+                "compartment": oci::DEMO_COMPARTMENT,
+            },
+            // The OCI API on its own, so generic helpers (`log`, `fault`) reach it by name.
+            "oci_api": {
+                "endpoint": self.oci_api.url(),
+                "admin": self.oci_api.admin_url(),
+            },
         })
     }
 
@@ -162,12 +225,16 @@ impl Cloudscape {
     pub async fn shutdown(self) {
         let Cloudscape {
             sts,
+            proxymux,
+            oci_api,
             issuer_handle,
             rotation,
             ..
         } = self;
         drop(rotation);
         sts.shutdown().await;
+        proxymux.shutdown().await;
+        oci_api.shutdown().await;
         issuer_handle.shutdown().await;
     }
 }
