@@ -47,7 +47,9 @@ async fn cloudscape_serves_issuer_tokens_and_sts() {
     assert_eq!(d["aws"]["role_arn"], DEMO_ROLE_ARN);
     assert_eq!(d["aws"]["region"], "us-east-1");
     assert_eq!(d["aws"]["account"], "123456789012");
-    assert_eq!(d.as_object().unwrap().len(), 3);
+    for key in ["issuer", "tokens", "aws", "oci", "oci_api"] {
+        assert!(d.get(key).is_some(), "describe() lacks {key}");
+    }
 
     let client = client();
     let conf: serde_json::Value = client
@@ -82,7 +84,8 @@ async fn cloudscape_serves_issuer_tokens_and_sts() {
         .json()
         .await
         .unwrap();
-    assert_eq!(rotated, serde_json::json!({"rotated": 1}));
+    // One projected token per cloud.
+    assert!(rotated["rotated"].as_u64().unwrap() >= 1, "{rotated}");
     let second = std::fs::read_to_string(token_path).unwrap();
     assert_ne!(first, second);
     assert_eq!(second, cloud.aws_token.current());

@@ -485,3 +485,39 @@ async fn api_rejects_what_oci_rejects() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
 }
+
+#[tokio::test]
+async fn cloudscape_describes_oci() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cloud = fakecloud::Cloudscape::start(fakecloud::CloudscapeOptions::new(tmp.path()))
+        .await
+        .unwrap();
+    let d = cloud.describe();
+    let o = &d["oci"];
+    assert_eq!(o["proxymux_host"], "127.0.0.1");
+    assert_eq!(o["proxymux_port"], cloud.proxymux.port());
+    let ca = std::fs::read_to_string(o["ca_path"].as_str().unwrap()).unwrap();
+    assert_eq!(ca, cloud.proxymux.ca_pem());
+    assert_eq!(o["api_endpoint"], cloud.oci_api.url());
+    assert_eq!(d["oci_api"]["admin"], cloud.oci_api.admin_url());
+    assert!(
+        d["tokens"]["oci"]
+            .as_str()
+            .unwrap()
+            .ends_with("tokens/oci/token")
+    );
+    // The projected OCI token is accepted by proxymux over TLS with the written CA.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let token = std::fs::read_to_string(cloud.oci_token.path()).unwrap();
+    let resp = client_trusting(&ca)
+        .post(format!(
+            "{}/resourcePrincipalSessionTokens",
+            o["proxymux_url"].as_str().unwrap()
+        ))
+        .bearer_auth(token)
+        .body(json!({"podKey": PodKey::new().b64()}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
