@@ -51,7 +51,7 @@ pub fn configure(args: &ServeArgs, env: &Env) -> Result<Vec<Box<dyn CloudConfig>
     if clouds.is_empty() {
         return Err(ConfigError::new(
             "environment",
-            "no cloud is enabled: set AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE (AWS)",
+            "no cloud is enabled: set AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE (AWS), or OCI_RESOURCE_PRINCIPAL_REGION and --oci-output-dir (OCI)",
         ));
     }
     Ok(clouds)

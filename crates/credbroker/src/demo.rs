@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::app::{self, AppError};
 use crate::cli::{CommonArgs, DemoArgs, ServeArgs};
-use crate::clouds::{CloudFlags, aws};
+use crate::clouds::{CloudFlags, aws, oci};
 use crate::config::Env;
 
 pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<(), AppError> {
@@ -37,6 +37,21 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
     env.set("AWS_ENDPOINT_URL_STS", scape.sts.url());
     env.set("AWS_REGION", fakecloud::aws::DEFAULT_REGION);
     env.set("AWS_ROLE_SESSION_NAME", "credbroker-demo");
+    // What an OKE pod has: kubelet's service variables pointing at proxymux, the cluster CA.
+    env.set(
+        "OCI_RESOURCE_PRINCIPAL_REGION",
+        fakecloud::oci::DEFAULT_REGION,
+    );
+    env.set("KUBERNETES_SERVICE_HOST", scape.proxymux.host().to_string());
+    env.set(
+        "KUBERNETES_SERVICE_PORT_PROXYMUX",
+        scape.proxymux.port().to_string(),
+    );
+    env.set(
+        "OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH",
+        scape.oci_ca_path.display().to_string(),
+    );
+    let oci_dir: PathBuf = state_dir.join("oci-files");
 
     let aws_auth: PathBuf = state_dir.join("aws-auth-token");
     let serve_args = ServeArgs {
@@ -54,6 +69,10 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
                 aws_auth_token_file: Some(aws_auth.clone()),
                 ..aws::Flags::default()
             },
+            oci: oci::Flags {
+                oci_output_dir: Some(oci_dir.clone()),
+                oci_token_file: scape.oci_token.path(),
+            },
         },
     };
 
@@ -69,6 +88,12 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
         "  AWS STS       {}  (role {})",
         scape.sts.url(),
         fakecloud::aws::DEMO_ROLE_ARN
+    );
+    println!(
+        "  OCI proxymux  {}  (cluster CA {}); OCI API {}",
+        scape.proxymux.url(),
+        scape.oci_ca_path.display(),
+        scape.oci_api.url()
     );
     println!(
         "  tokens rotate every {} s, kubelet-style",
@@ -95,6 +120,19 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
         "# with boto3 installed: env -i PATH=\"$PATH\" AWS_CONTAINER_CREDENTIALS_FULL_URI=http://{listen}/v1/credentials \
          AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={} AWS_REGION=us-east-1 python3 -c 'import boto3; print(boto3.Session().get_credentials().get_frozen_credentials().access_key)'",
         aws_auth.display()
+    );
+    println!(
+        "ls -l {dir} && curl -s http://{ops}/readyz/oci",
+        dir = oci_dir.display()
+    );
+    println!(
+        "# with the oci SDK installed: env -i PATH=\"$PATH\" OCI_RESOURCE_PRINCIPAL_VERSION=2.2 OCI_RESOURCE_PRINCIPAL_RPST={dir}/rpst \
+         OCI_RESOURCE_PRINCIPAL_PRIVATE_PEM={dir}/private.pem OCI_RESOURCE_PRINCIPAL_REGION={region} python3 -c 'import oci; \
+         s = oci.auth.signers.get_resource_principals_signer(); \
+         print(oci.object_storage.ObjectStorageClient({{}}, signer=s, service_endpoint=\"{api}\").get_namespace().data)'",
+        dir = oci_dir.display(),
+        region = fakecloud::oci::DEFAULT_REGION,
+        api = scape.oci_api.url()
     );
     println!();
 

@@ -2,6 +2,7 @@
 //! cloud is one folder plus one line in [`detect`] and one in [`CloudFlags`].
 
 pub mod aws;
+pub mod oci;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,6 +23,8 @@ use crate::token::{BACKSTOP_INTERVAL, TokenSource};
 pub struct CloudFlags {
     #[command(flatten)]
     pub aws: aws::Flags,
+    #[command(flatten)]
+    pub oci: oci::Flags,
 }
 
 /// What an application container needs, and must not have, to use a cloud through the sidecar.
@@ -56,6 +59,9 @@ pub trait CloudRuntime: Send + Sync {
 pub fn detect(env: &Env, flags: &CloudFlags) -> Result<Vec<Box<dyn CloudConfig>>, ConfigError> {
     let mut clouds: Vec<Box<dyn CloudConfig>> = Vec::new();
     if let Some(c) = aws::AwsConfig::from_env(env, &flags.aws)? {
+        clouds.push(Box::new(c));
+    }
+    if let Some(c) = oci::OciConfig::from_env(env, &flags.oci)? {
         clouds.push(Box::new(c));
     }
     Ok(clouds)
