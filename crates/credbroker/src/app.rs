@@ -85,28 +85,31 @@ pub fn start(args: &ServeArgs, configs: Vec<Box<dyn CloudConfig>>) -> Result<Sta
     Ok(Started { clouds, metrics })
 }
 
-/// Runs the sidecar until `shutdown` turns true; drains in-flight requests, then returns.
-pub async fn serve(
+/// Started clouds with both listeners bound; [`Bound::run`] serves them.
+pub struct Bound {
     args: ServeArgs,
-    env: Env,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(), AppError> {
-    let configs = configure(&args, &env)?;
+    started: Started,
+    creds: TcpListener,
+    ops: TcpListener,
+    pub creds_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+}
+
+/// Configures, starts the clouds and binds both listeners (writing `--addr-file` if asked).
+pub async fn bind(args: ServeArgs, env: &Env) -> Result<Bound, AppError> {
+    let configs = configure(&args, env)?;
     let started = start(&args, configs)?;
-    let bind = |addr: SocketAddr, what: &str| {
-        let what = what.to_string();
-        async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| AppError::Runtime(format!("cannot listen on {addr} ({what}): {e}")))
-        }
+    let listen = |addr: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| AppError::Runtime(format!("cannot listen on {addr} ({what}): {e}")))
     };
-    let creds_listener = bind(args.common.listen, "--listen").await?;
-    let ops_listener = bind(args.common.ops_listen, "--ops-listen").await?;
-    let creds_addr = creds_listener
+    let creds = listen(args.common.listen, "--listen").await?;
+    let ops = listen(args.common.ops_listen, "--ops-listen").await?;
+    let creds_addr = creds
         .local_addr()
         .map_err(|e| AppError::Runtime(e.to_string()))?;
-    let ops_addr = ops_listener
+    let ops_addr = ops
         .local_addr()
         .map_err(|e| AppError::Runtime(e.to_string()))?;
     if let Some(path) = &args.common.addr_file {
@@ -115,36 +118,54 @@ pub async fn serve(
             AppError::Runtime(format!("cannot write --addr-file {}: {e}", path.display()))
         })?;
     }
-    let clouds: Vec<&str> = started.clouds.iter().map(|c| c.name()).collect();
-    tracing::info!(credentials = %creds_addr, ops = %ops_addr, clouds = ?clouds, "listening");
-
-    let surfaces = started.clouds.iter().flat_map(|c| c.surfaces()).collect();
-    let router = Arc::new(Router::new(surfaces, started.metrics.clone()));
-    let ops = Arc::new(Ops {
-        clouds: started.clouds.clone(),
-        metrics: started.metrics.clone(),
-    });
-    let limits = ServerLimits {
-        max_connections: args.common.max_connections.max(256),
-        ..ServerLimits::default()
-    };
-    let creds = tokio::spawn(serve_http(
-        creds_listener,
-        router,
-        limits.clone(),
-        shutdown.clone(),
-    ));
-    let ops = tokio::spawn(serve_http(
-        ops_listener,
+    Ok(Bound {
+        args,
+        started,
+        creds,
         ops,
-        ServerLimits {
+        creds_addr,
+        ops_addr,
+    })
+}
+
+impl Bound {
+    /// Serves until `shutdown` turns true, then drains in-flight requests and returns.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let clouds: Vec<&str> = self.started.clouds.iter().map(|c| c.name()).collect();
+        tracing::info!(credentials = %self.creds_addr, ops = %self.ops_addr, clouds = ?clouds, "listening");
+        let surfaces = self
+            .started
+            .clouds
+            .iter()
+            .flat_map(|c| c.surfaces())
+            .collect();
+        let router = Arc::new(Router::new(surfaces, self.started.metrics.clone()));
+        let ops = Arc::new(Ops {
+            clouds: self.started.clouds.clone(),
+            metrics: self.started.metrics.clone(),
+        });
+        let limits = ServerLimits {
+            max_connections: self.args.common.max_connections.max(256),
+            ..ServerLimits::default()
+        };
+        let ops_limits = ServerLimits {
             max_connections: 64,
-            ..limits
-        },
-        shutdown,
-    ));
-    let _ = tokio::join!(creds, ops);
-    tracing::info!("stopped");
+            ..limits.clone()
+        };
+        let creds = tokio::spawn(serve_http(self.creds, router, limits, shutdown.clone()));
+        let ops = tokio::spawn(serve_http(self.ops, ops, ops_limits, shutdown));
+        let _ = tokio::join!(creds, ops);
+        tracing::info!("stopped");
+    }
+}
+
+/// Runs the sidecar until `shutdown` turns true; drains in-flight requests, then returns.
+pub async fn serve(
+    args: ServeArgs,
+    env: Env,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AppError> {
+    bind(args, &env).await?.run(shutdown).await;
     Ok(())
 }
 

@@ -76,9 +76,11 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
         },
     };
 
-    let exports = app::env_lines(&serve_args, &env)?;
-    let listen = args.listen;
-    let ops = args.ops_listen;
+    let bound = app::bind(serve_args.clone(), &env).await?;
+    let (listen, ops) = (bound.creds_addr, bound.ops_addr);
+    let mut shown = serve_args.clone();
+    shown.common.listen = listen;
+    let exports = app::env_lines(&shown, &env)?;
     println!(
         "credbroker demo: emulated clouds under {}",
         state_dir.display()
@@ -99,6 +101,7 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
         "  tokens rotate every {} s, kubelet-style",
         args.rotate_every
     );
+    println!("  broker        credentials on {listen}, ops on {ops}");
     println!();
     print!("{exports}");
     println!();
@@ -135,6 +138,8 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
         api = scape.oci_api.url()
     );
     println!();
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let exit_after = args.exit_after;
@@ -152,7 +157,7 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
         }
         let _ = stop_tx.send(true);
     });
-    let result = app::serve(serve_args, env, stop_rx).await;
+    bound.run(stop_rx).await;
     drop(scape);
-    result
+    Ok(())
 }

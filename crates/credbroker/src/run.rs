@@ -50,8 +50,24 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// The tracing filter for `--log-level`. Our crates get the level asked for; libraries never log
+/// below `info`, because HTTP and TLS libraries at debug/trace can dump raw request bytes, and
+/// our requests carry service-account tokens. No secret is logged at any level.
+pub fn log_filter(level: &str) -> EnvFilter {
+    const LIBRARY_CAPS: &str =
+        "hyper=info,hyper_util=info,reqwest=info,rustls=info,h2=info,notify=info";
+    let level = level.trim();
+    let directives = match level.to_ascii_lowercase().as_str() {
+        l @ ("error" | "warn" | "info") => l.to_string(),
+        l @ ("debug" | "trace") => format!("info,credbroker={l},fakecloud={l}"),
+        _ => level.to_string(),
+    };
+    EnvFilter::try_new(format!("{directives},{LIBRARY_CAPS}"))
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter(level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

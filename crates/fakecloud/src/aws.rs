@@ -106,6 +106,8 @@ pub struct FakeSts {
     log: Mutex<Vec<StsRecord>>,
     issued: AtomicUsize,
     exchanges: AtomicUsize,
+    /// Test hook: issue credentials that expire after this many seconds whatever was asked.
+    lifetime_override: Mutex<Option<u64>>,
 }
 
 /// A running [`FakeSts`]; derefs to it. Dropping it stops the server.
@@ -285,6 +287,7 @@ impl FakeSts {
             log: Mutex::new(Vec::new()),
             issued: AtomicUsize::new(0),
             exchanges: AtomicUsize::new(0),
+            lifetime_override: Mutex::new(None),
         };
         sts.trust(DEMO_ROLE_ARN, DEMO_SUBJECT);
         sts
@@ -321,6 +324,13 @@ impl FakeSts {
     /// Deletes a role; assuming it then fails with `AccessDenied`.
     pub fn remove_role(&self, role_arn: &str) {
         self.roles.lock().remove(role_arn);
+    }
+
+    /// Test hook, not an STS behaviour: credentials expire `lifetime` after issue whatever
+    /// `DurationSeconds` asked, so tests can drive refresh cycles in seconds. `None` restores STS.
+    /// Also `POST /_fake/lifetime` with `{"seconds": N}` or `{"seconds": null}`.
+    pub fn set_issued_lifetime(&self, lifetime: Option<std::time::Duration>) {
+        *self.lifetime_override.lock() = lifetime.map(|d| d.as_secs());
     }
 
     /// Sets a role's MaxSessionDuration (seconds); longer `DurationSeconds` are rejected.
@@ -501,7 +511,7 @@ impl FakeSts {
             access_key_id: format!("ASIA{}", random_chars(UPPER_ALNUM, 16)),
             secret_access_key: random_chars(SECRET_CHARS, 40),
             session_token: session_token(),
-            expiration: iso8601(unix_now() + duration),
+            expiration: iso8601(unix_now() + self.lifetime_override.lock().unwrap_or(duration)),
         };
         let mut xml = String::with_capacity(2048);
         let _ = write!(
@@ -577,6 +587,24 @@ impl Fake for FakeSts {
 
     fn render_error(&self, code: &str) -> HttpResponse {
         error_response(code, default_message(code), None)
+    }
+
+    fn admin(&self, req: &Request<Bytes>) -> Option<HttpResponse> {
+        if req.method() != Method::POST || req.uri().path() != "/_fake/lifetime" {
+            return None;
+        }
+        let seconds = serde_json::from_slice::<serde_json::Value>(req.body())
+            .ok()
+            .map(|v| v.get("seconds").and_then(serde_json::Value::as_u64));
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        match seconds {
+            Some(s) => {
+                self.set_issued_lifetime(s.map(std::time::Duration::from_secs));
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+            }
+            None => *resp.status_mut() = StatusCode::BAD_REQUEST,
+        }
+        Some(resp)
     }
 
     fn render_status(&self, status: u16, retry_after: Option<u64>) -> HttpResponse {

@@ -165,10 +165,8 @@ impl<K: CacheKey, E: Exchange<K>> Cache<K, E> {
                 .filter(|(_, e)| !e.pinned)
                 .max_by_key(|(_, e)| e.slot.idle_for())
                 .map(|(k, _)| k.clone());
-            if let Some(victim) = victim {
-                if let Some(entry) = slots.remove(&victim) {
-                    entry.task.abort();
-                }
+            if let Some(entry) = victim.and_then(|v| slots.remove(&v)) {
+                entry.task.abort();
             }
         }
         self.insert(&mut slots, key.clone(), false)

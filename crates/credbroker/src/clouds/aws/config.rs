@@ -144,16 +144,15 @@ impl AwsConfig {
             .get("AWS_REGION")
             .or_else(|| env.get("AWS_DEFAULT_REGION"))
             .map(|r| r.trim().to_string());
-        if let Some(r) = &region {
-            if !r
+        if let Some(r) = &region
+            && !r
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            {
-                return Err(ConfigError::new(
-                    "AWS_REGION",
-                    format!("{r:?} is not a region name"),
-                ));
-            }
+        {
+            return Err(ConfigError::new(
+                "AWS_REGION",
+                format!("{r:?} is not a region name"),
+            ));
         }
         let sts_endpoint = sts_endpoint(env, region.as_deref())?;
         let auth_token_file = flags.aws_auth_token_file.clone().ok_or_else(|| {
