@@ -19,6 +19,8 @@ pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceacco
 pub const PROXYMUX_PATH: &str = "/resourcePrincipalSessionTokens";
 
 #[derive(clap::Args, Debug, Clone)]
+// Every cloud's struct is called `Flags`; clap names a flattened struct's group after it.
+#[group(id = "oci-flags")]
 pub struct Flags {
     /// Directory for the resource principal v2.2 files `rpst` and `private.pem` (a volume shared
     /// with the application, e.g. an in-memory emptyDir). With OCI_RESOURCE_PRINCIPAL_REGION,
