@@ -205,6 +205,19 @@ def azure_sidecar_env(fake: FakeCloud) -> dict:
     }
 
 
+def oci_sidecar_env(fake: FakeCloud) -> dict:
+    """What an OKE pod's sidecar has: kubelet's service variables (proxymux on the API server's
+    address), the cluster CA and the region; the projected token via --oci-token-file's variable."""
+    oci = fake.desc["oci"]
+    return {
+        "OCI_RESOURCE_PRINCIPAL_REGION": oci["region"],
+        "KUBERNETES_SERVICE_HOST": oci["proxymux_host"],
+        "KUBERNETES_SERVICE_PORT_PROXYMUX": str(oci["proxymux_port"]),
+        "OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH": oci["ca_path"],
+        "CREDBROKER_OCI_TOKEN_FILE": fake.token_path("oci"),
+    }
+
+
 def start_broker(workdir: Path, sidecar_env: dict, args: list[str] | None = None,
                  wait_ready: bool = True) -> Broker:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -212,6 +225,8 @@ def start_broker(workdir: Path, sidecar_env: dict, args: list[str] | None = None
     args = list(args or [])
     if not any(a.startswith("--aws-auth-token-file") for a in args) and "AWS_ROLE_ARN" in sidecar_env:
         args += ["--aws-auth-token-file", str(workdir / "aws-auth-token")]
+    if not any(a.startswith("--oci-output-dir") for a in args) and "OCI_RESOURCE_PRINCIPAL_REGION" in sidecar_env:
+        args += ["--oci-output-dir", str(workdir / "oci")]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), **sidecar_env}
     log_path = workdir / "broker.log"
     proc = subprocess.Popen(

@@ -51,7 +51,7 @@ pub fn configure(args: &ServeArgs, env: &Env) -> Result<Vec<Box<dyn CloudConfig>
     if clouds.is_empty() {
         return Err(ConfigError::new(
             "environment",
-            "no cloud is enabled: set AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE (AWS); GOOGLE_APPLICATION_CREDENTIALS naming an external_account file (GCP); AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE (Azure)",
+            "no cloud is enabled: set AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE (AWS); GOOGLE_APPLICATION_CREDENTIALS naming an external_account file (GCP); AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE (Azure); OCI_RESOURCE_PRINCIPAL_REGION and --oci-output-dir (OCI)",
         ));
     }
     Ok(clouds)

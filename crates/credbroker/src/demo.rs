@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::app::{self, AppError};
 use crate::cli::{CommonArgs, DemoArgs, ServeArgs};
-use crate::clouds::{CloudFlags, aws, azure, gcp};
+use crate::clouds::{CloudFlags, aws, azure, gcp, oci};
 use crate::config::Env;
 use crate::secret::Secret;
 
@@ -58,6 +58,21 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
             raw,
         ))
     };
+    // What an OKE pod has: kubelet's service variables pointing at proxymux, the cluster CA.
+    env.set(
+        "OCI_RESOURCE_PRINCIPAL_REGION",
+        fakecloud::oci::DEFAULT_REGION,
+    );
+    env.set("KUBERNETES_SERVICE_HOST", scape.proxymux.host().to_string());
+    env.set(
+        "KUBERNETES_SERVICE_PORT_PROXYMUX",
+        scape.proxymux.port().to_string(),
+    );
+    env.set(
+        "OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH",
+        scape.oci_ca_path.display().to_string(),
+    );
+    let oci_dir: PathBuf = state_dir.join("oci-files");
 
     let aws_auth: PathBuf = state_dir.join("aws-auth-token");
     let serve_args = ServeArgs {
@@ -85,6 +100,10 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
             azure: azure::Flags {
                 azure_identity_header: Some(identity_header.clone()),
                 ..azure::Flags::default()
+            },
+            oci: oci::Flags {
+                oci_output_dir: Some(oci_dir.clone()),
+                oci_token_file: scape.oci_token.path(),
             },
         },
     };
@@ -114,6 +133,12 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
         scape.entra.url(),
         fakecloud::azure::DEMO_TENANT_ID,
         fakecloud::azure::DEMO_CLIENT_ID
+    );
+    println!(
+        "  OCI proxymux  {}  (cluster CA {}); OCI API {}",
+        scape.proxymux.url(),
+        scape.oci_ca_path.display(),
+        scape.oci_api.url()
     );
     println!(
         "  tokens rotate every {} s, kubelet-style",
@@ -159,6 +184,19 @@ pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<
     println!(
         "# with azure-identity installed: env -i PATH=\"$PATH\" AZURE_POD_IDENTITY_AUTHORITY_HOST=http://{listen} python3 -c \
          'from azure.identity import ManagedIdentityCredential as M; print(M().get_token(\"https://management.azure.com/.default\").expires_on)'"
+    );
+    println!(
+        "ls -l {dir} && curl -s http://{ops}/readyz/oci",
+        dir = oci_dir.display()
+    );
+    println!(
+        "# with the oci SDK installed: env -i PATH=\"$PATH\" OCI_RESOURCE_PRINCIPAL_VERSION=2.2 OCI_RESOURCE_PRINCIPAL_RPST={dir}/rpst \
+         OCI_RESOURCE_PRINCIPAL_PRIVATE_PEM={dir}/private.pem OCI_RESOURCE_PRINCIPAL_REGION={region} python3 -c 'import oci; \
+         s = oci.auth.signers.get_resource_principals_signer(); \
+         print(oci.object_storage.ObjectStorageClient({{}}, signer=s, service_endpoint=\"{api}\").get_namespace().data)'",
+        dir = oci_dir.display(),
+        region = fakecloud::oci::DEFAULT_REGION,
+        api = scape.oci_api.url()
     );
     println!();
     use std::io::Write as _;

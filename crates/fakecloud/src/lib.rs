@@ -6,6 +6,7 @@
 //! - [`aws`]: a faithful fake of STS `AssumeRoleWithWebIdentity`.
 //! - [`gcp`]: a faithful fake of Google STS and IAM Credentials.
 //! - [`azure`]: a faithful fake of the Entra ID token endpoint (client-assertion grant).
+//! - [`oci`]: OKE proxymux (HTTPS, generated CA) and a signature-verifying OCI API.
 //! - [`Cloudscape`]: all of the above started together.
 
 pub mod aws;
@@ -15,6 +16,7 @@ pub mod gcp;
 pub mod http;
 pub mod issuer;
 pub mod kubelet;
+pub mod oci;
 pub mod oidc;
 mod timefmt;
 
@@ -35,6 +37,7 @@ use aws::{DEFAULT_REGION, DEMO_ACCOUNT, DEMO_ROLE_ARN, FakeSts, FakeStsHandle, S
 use azure::{DEMO_CLIENT_ID, DEMO_TENANT_ID, ENTRA_AUDIENCE, FakeEntra, FakeEntraHandle};
 use gcp::{DEMO_PROJECT_ID, DEMO_PROJECT_NUMBER, DEMO_SERVICE_ACCOUNT, FakeGcp, FakeGcpHandle};
 use http::{ServeOptions, ServerHandle, serve_listener};
+use oci::{FakeOciApi, FakeOciApiHandle, FakeProxymux, FakeProxymuxHandle, Pki};
 use oidc::IssuerServer;
 
 /// Options for [`Cloudscape::start`].
@@ -47,6 +50,8 @@ pub struct CloudscapeOptions {
     /// Rotate every token on this period; `None` rotates only on request.
     pub rotate_every: Option<Duration>,
     pub service_account: ServiceAccount,
+    /// Lifetime of the RPSTs the OCI proxymux mints.
+    pub oci_rpst_lifetime: Duration,
 }
 
 impl CloudscapeOptions {
@@ -65,6 +70,7 @@ impl Default for CloudscapeOptions {
             token_lifetime: Duration::from_secs(3600),
             rotate_every: None,
             service_account: ServiceAccount::default(),
+            oci_rpst_lifetime: oci::proxymux::DEFAULT_RPST_LIFETIME,
         }
     }
 }
@@ -84,6 +90,11 @@ pub struct Cloudscape {
     pub gcp_credentials_direct: PathBuf,
     pub azure_token: Arc<ProjectedToken>,
     pub entra: FakeEntraHandle,
+    pub oci_token: Arc<ProjectedToken>,
+    pub proxymux: FakeProxymuxHandle,
+    pub oci_api: FakeOciApiHandle,
+    /// The cluster CA that signed proxymux's certificate (`ca.crt`), PEM.
+    pub oci_ca_path: PathBuf,
     issuer_handle: ServerHandle,
     rotation: AbortOnDrop,
 }
@@ -135,6 +146,14 @@ impl Cloudscape {
             opts.token_lifetime,
         )?);
         issuer_server.register(azure_token.clone());
+        let oci_token = Arc::new(ProjectedToken::create(
+            &token_dir(&state_dir, "oci"),
+            issuer.clone(),
+            opts.service_account.clone(),
+            oci::SA_AUDIENCE,
+            opts.token_lifetime,
+        )?);
+        issuer_server.register(oci_token.clone());
         let issuer_handle =
             serve_listener(issuer_server.clone(), listener, ServeOptions::default())?;
 
@@ -156,11 +175,33 @@ impl Cloudscape {
         let doc = gcp::external_account_json(&gcp.token_url(), None, &token_file);
         std::fs::write(&gcp_credentials_direct, serde_json::to_vec_pretty(&doc)?)?;
 
+        // Proxymux is verified by IP, as pods reach it through KUBERNETES_SERVICE_HOST.
+        let pki = Pki::generate(
+            "fakecloud cluster CA",
+            &[loopback.ip()],
+            &["localhost", "kubernetes.default.svc"],
+        )?;
+        let oci_ca_path = state_dir.join("oci").join("ca.crt");
+        std::fs::create_dir_all(state_dir.join("oci"))?;
+        std::fs::write(&oci_ca_path, pki.ca_pem())?;
+        let rpst_signer = Arc::new(Issuer::new(oci::RPST_ISSUER));
+        let proxymux = FakeProxymux::start(
+            issuer.clone(),
+            rpst_signer.clone(),
+            oci::SA_AUDIENCE,
+            &pki,
+            loopback,
+        )
+        .await?;
+        proxymux.set_rpst_lifetime(opts.oci_rpst_lifetime);
+        let oci_api = FakeOciApi::start(rpst_signer, loopback).await?;
+
         let mut rotation = AbortOnDrop::default();
         if let Some(every) = opts.rotate_every {
             rotation.0.push(aws_token.spawn_rotation(every));
             rotation.0.push(gcp_token.spawn_rotation(every));
             rotation.0.push(azure_token.spawn_rotation(every));
+            rotation.0.push(oci_token.spawn_rotation(every));
         }
         Ok(Cloudscape {
             issuer,
@@ -173,6 +214,10 @@ impl Cloudscape {
             gcp_credentials_direct,
             azure_token,
             entra,
+            oci_token,
+            proxymux,
+            oci_api,
+            oci_ca_path,
             issuer_handle,
             rotation,
         })
@@ -201,6 +246,7 @@ impl Cloudscape {
                 "aws": self.aws_token.path(),
                 "gcp": self.gcp_token.path(),
                 "azure": self.azure_token.path(),
+                "oci": self.oci_token.path(),
             },
             "aws": {
                 "sts_endpoint": self.sts.url(),
@@ -230,6 +276,23 @@ impl Cloudscape {
                 "audience": ENTRA_AUDIENCE,
                 "admin": self.entra.admin_url(),
             },
+            "oci": {
+                "proxymux_host": self.proxymux.host().to_string(),
+                "proxymux_port": self.proxymux.port(),
+                "proxymux_url": self.proxymux.url(),
+                "ca_path": self.oci_ca_path,
+                "api_endpoint": self.oci_api.url(),
+                "admin": self.proxymux.admin_url(),
+                "api_admin": self.oci_api.admin_url(),
+                "region": oci::DEFAULT_REGION,
+                "tenancy": oci::DEMO_TENANCY,
+                "compartment": oci::DEMO_COMPARTMENT,
+            },
+            // The OCI API on its own, so generic helpers (`log`, `fault`) reach it by name.
+            "oci_api": {
+                "endpoint": self.oci_api.url(),
+                "admin": self.oci_api.admin_url(),
+            },
         })
     }
 
@@ -239,6 +302,8 @@ impl Cloudscape {
             sts,
             gcp,
             entra,
+            proxymux,
+            oci_api,
             issuer_handle,
             rotation,
             ..
@@ -247,6 +312,8 @@ impl Cloudscape {
         sts.shutdown().await;
         gcp.shutdown().await;
         entra.shutdown().await;
+        proxymux.shutdown().await;
+        oci_api.shutdown().await;
         issuer_handle.shutdown().await;
     }
 }

@@ -48,7 +48,7 @@ async fn cloudscape_serves_issuer_tokens_and_sts() {
     assert_eq!(d["aws"]["region"], "us-east-1");
     assert_eq!(d["aws"]["account"], "123456789012");
     // One key per cloud besides these; each cloud's own test checks its key.
-    for key in ["issuer", "tokens", "aws"] {
+    for key in ["issuer", "tokens", "aws", "oci", "oci_api"] {
         assert!(d.get(key).is_some(), "{key} missing from {d}");
     }
 

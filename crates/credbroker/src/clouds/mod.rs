@@ -4,6 +4,7 @@
 pub mod aws;
 pub mod azure;
 pub mod gcp;
+pub mod oci;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ pub struct CloudFlags {
     pub gcp: gcp::Flags,
     #[command(flatten)]
     pub azure: azure::Flags,
+    #[command(flatten)]
+    pub oci: oci::Flags,
 }
 
 /// What an application container needs, and must not have, to use a cloud through the sidecar.
@@ -68,6 +71,9 @@ pub fn detect(env: &Env, flags: &CloudFlags) -> Result<Vec<Box<dyn CloudConfig>>
         clouds.push(Box::new(c));
     }
     if let Some(c) = azure::AzureConfig::from_env(env, &flags.azure)? {
+        clouds.push(Box::new(c));
+    }
+    if let Some(c) = oci::OciConfig::from_env(env, &flags.oci)? {
         clouds.push(Box::new(c));
     }
     Ok(clouds)

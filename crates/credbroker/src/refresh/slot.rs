@@ -49,6 +49,21 @@ pub enum Unavailable {
     Failed(ExchangeError),
 }
 
+impl Unavailable {
+    /// The status a metadata surface answers with: 503 (every SDK retries it) while the exchange
+    /// is pending or after a transient failure; after a permanent denial the upstream's own 4xx
+    /// (never 429, which would read as "retry"), else `denied`, the cloud's usual denial status.
+    pub fn http_status(&self, denied: u16) -> u16 {
+        match self {
+            Unavailable::Failed(e) if !e.is_transient() => e
+                .status
+                .filter(|s| (400..500).contains(s) && *s != 429)
+                .unwrap_or(denied),
+            _ => 503,
+        }
+    }
+}
+
 pub struct Slot<C> {
     state: watch::Sender<SlotState<C>>,
     pub(super) kick: Notify,

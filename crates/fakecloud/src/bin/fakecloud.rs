@@ -41,6 +41,9 @@ enum Command {
         /// Service account name the tokens are minted for.
         #[arg(long, default_value = "app")]
         service_account: String,
+        /// Lifetime of the RPSTs the OCI proxymux mints, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 3600)]
+        oci_rpst_lifetime: u64,
     },
 }
 
@@ -81,12 +84,14 @@ async fn run(command: Command) -> std::io::Result<()> {
         token_lifetime,
         namespace,
         service_account,
+        oci_rpst_lifetime,
     } = command;
     let opts = CloudscapeOptions {
         state_dir,
         token_lifetime: Duration::from_secs(token_lifetime),
         rotate_every: rotate_every.filter(|s| *s > 0).map(Duration::from_secs),
         service_account: ServiceAccount::new(namespace, service_account),
+        oci_rpst_lifetime: Duration::from_secs(oci_rpst_lifetime.max(1)),
     };
     let cloud = Cloudscape::start(opts).await?;
     let description = cloud.describe();

@@ -123,20 +123,14 @@ fn error_body(status: u16, code: &str, message: &str) -> Resp {
 
 /// No credential: 503 (retried by every SDK) unless upstream denied us for good, then its 4xx.
 fn unavailable(u: &Unavailable) -> Resp {
+    let status = u.http_status(403);
     match u {
         Unavailable::Pending => error_body(
-            503,
+            status,
             "CredentialsPending",
             "credentials are being fetched; retry shortly",
         ),
-        Unavailable::Failed(e) if e.is_transient() => error_body(503, &e.code, &e.message),
-        Unavailable::Failed(e) => {
-            let status = e
-                .status
-                .filter(|s| (400..500).contains(s) && *s != 429)
-                .unwrap_or(403);
-            error_body(status, &e.code, &e.message)
-        }
+        Unavailable::Failed(e) => error_body(status, &e.code, &e.message),
     }
 }
 

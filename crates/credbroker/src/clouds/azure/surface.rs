@@ -240,20 +240,14 @@ pub fn render(
 /// No token: 503 (every SDK retries it) unless Entra denied us for good, then its own 4xx
 /// status and `error`, with the AADSTS description.
 pub fn unavailable(u: &Unavailable) -> Resp {
+    let status = u.http_status(400);
     match u {
         Unavailable::Pending => error_body(
-            503,
+            status,
             "temporarily_unavailable",
             "the token is being fetched; retry shortly",
         ),
-        Unavailable::Failed(e) if e.is_transient() => error_body(503, &e.code, &e.message),
-        Unavailable::Failed(e) => {
-            let status = e
-                .status
-                .filter(|s| (400..500).contains(s) && *s != 429)
-                .unwrap_or(400);
-            error_body(status, &e.code, &e.message)
-        }
+        Unavailable::Failed(e) => error_body(status, &e.code, &e.message),
     }
 }
 

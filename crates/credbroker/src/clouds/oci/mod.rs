@@ -1,0 +1,242 @@
+//! OCI: OKE workload identity (proxymux) → resource principal v2.2 files.
+//!
+//! No OCI SDK discovers credentials over HTTP on its own; what they all read is resource
+//! principal 2.2 (reference oci.md §2): an RPST file and a private key file named by
+//! `OCI_RESOURCE_PRINCIPAL_RPST` and `..._PRIVATE_PEM`. So this cloud has no HTTP surface:
+//! the cache's one pinned slot (keyed by the pod key) is mirrored into those files.
+
+pub mod config;
+pub mod key;
+pub mod proxymux;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::{Flags, OciConfig};
+use key::{KeyOrigin, PodKey};
+use proxymux::{ProxymuxClient, Rpst};
+use writer::{FileWriter, OciFiles};
+
+use super::{AppEnv, CloudConfig, CloudRuntime, Shared};
+use crate::clock::from_unix;
+use crate::config::ConfigError;
+use crate::exchange::{Exchange, ExchangeError, Fresh};
+use crate::http::client::{ClientOptions, build_client, load_pem_certs, tls_config};
+use crate::refresh::{Cache, KeyLimits, Policy, Slot};
+use crate::surface::Surface;
+use crate::timefmt::format_rfc3339;
+
+/// Go re-reads the files, and refreshes its own RPSTs, once less than 5 minutes remain
+/// (`bufferTimeBeforeTokenExpiration`); the refresher keeps the file clear of that window, and
+/// otherwise rewrites it at half-life with jitter as Go and Java do.
+pub const SDK_WINDOW: Duration = Duration::from_secs(5 * 60);
+
+pub fn policy() -> Policy {
+    Policy::for_sdk_window(SDK_WINDOW)
+}
+
+const CA_SUBJECT: &str = "OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH";
+
+/// The OCI exchanger: one proxymux call. The cache key is the pod key's fingerprint.
+pub struct OciExchange {
+    pub client: ProxymuxClient,
+}
+
+impl Exchange<String> for OciExchange {
+    type Credential = Rpst;
+
+    async fn exchange(&self, _key: &String) -> Result<Fresh<Rpst>, ExchangeError> {
+        let rpst = self.client.exchange().await?;
+        let expires_at = from_unix(rpst.claims.exp);
+        Ok(Fresh {
+            value: rpst,
+            expires_at,
+        })
+    }
+}
+
+pub struct OciRuntime {
+    cache: Cache<String, OciExchange>,
+    slot: Arc<Slot<Rpst>>,
+    writer: Arc<FileWriter>,
+    key: Arc<PodKey>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for OciRuntime {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl OciRuntime {
+    /// The file writer (tests read its state).
+    pub fn writer(&self) -> &Arc<FileWriter> {
+        &self.writer
+    }
+
+    pub fn slot(&self) -> &Arc<Slot<Rpst>> {
+        &self.slot
+    }
+
+    pub fn key(&self) -> &Arc<PodKey> {
+        &self.key
+    }
+}
+
+impl OciConfig {
+    fn files(&self, shared: &Shared) -> OciFiles {
+        OciFiles::new(&self.output_dir, shared.file_mode)
+    }
+
+    /// Starts OCI and returns the concrete runtime (what [`CloudConfig::start`] wraps).
+    pub fn start_runtime(self, shared: &Shared) -> Result<Arc<OciRuntime>, ConfigError> {
+        let files = self.files(shared);
+        files.prepare().map_err(|e| {
+            ConfigError::new(
+                "--oci-output-dir",
+                format!("cannot create {}: {e}", self.output_dir.display()),
+            )
+        })?;
+        let certs = load_pem_certs(CA_SUBJECT, &self.ca_path)?;
+        let tls = tls_config(false, &certs).map_err(|e| ConfigError::new(CA_SUBJECT, e.problem))?;
+        let http = build_client(tls, &ClientOptions::default())?;
+        let token = shared.tokens.get("--oci-token-file", &self.token_file)?;
+
+        let (key, origin) = PodKey::load_or_generate(&files.key_path()).map_err(|e| {
+            ConfigError::new(
+                "--oci-output-dir",
+                format!("cannot read {}: {}", files.key_path().display(), e.kind()),
+            )
+        })?;
+        match &origin {
+            KeyOrigin::Reused => {
+                tracing::info!(key = key.fingerprint(), "oci: reusing the pod key on disk")
+            }
+            KeyOrigin::Generated => {
+                tracing::info!(key = key.fingerprint(), "oci: generated a pod key")
+            }
+            KeyOrigin::Replaced(why) => tracing::warn!(
+                key = key.fingerprint(),
+                reason = %why,
+                "oci: the key file was not usable; generated a new pod key"
+            ),
+        }
+        files.write_key(&key).map_err(|e| {
+            ConfigError::new(
+                "--oci-output-dir",
+                format!("cannot write {}: {e}", files.key_path().display()),
+            )
+        })?;
+        let key = Arc::new(key);
+
+        let exchange = OciExchange {
+            client: ProxymuxClient {
+                http,
+                url: self.proxymux_url.clone(),
+                token: token.clone(),
+                key: key.clone(),
+            },
+        };
+        let cache = Cache::build(
+            "oci",
+            exchange,
+            policy(),
+            shared.clock.clone(),
+            shared.metrics.clone(),
+            Some(token.changes()),
+            KeyLimits::default(),
+        );
+        let slot = cache.pin(key.fingerprint().to_string());
+        let writer = Arc::new(FileWriter::new(files, key.clone()));
+        let task = tokio::spawn(writer.clone().run(slot.clone())).abort_handle();
+        tracing::info!(
+            proxymux = %self.proxymux_url,
+            region = %self.region,
+            output_dir = %self.output_dir.display(),
+            "oci enabled"
+        );
+        Ok(Arc::new(OciRuntime {
+            cache,
+            slot,
+            writer,
+            key,
+            task,
+        }))
+    }
+}
+
+impl CloudConfig for OciConfig {
+    fn name(&self) -> &'static str {
+        "oci"
+    }
+
+    fn app_env(&self, _listen: SocketAddr) -> AppEnv {
+        let files = OciFiles::new(&self.output_dir, crate::fsutil::FileMode::new(false));
+        AppEnv {
+            cloud: "oci",
+            exports: vec![
+                ("OCI_RESOURCE_PRINCIPAL_VERSION".into(), "2.2".into()),
+                (
+                    "OCI_RESOURCE_PRINCIPAL_RPST".into(),
+                    files.rpst_path().display().to_string(),
+                ),
+                (
+                    "OCI_RESOURCE_PRINCIPAL_PRIVATE_PEM".into(),
+                    files.key_path().display().to_string(),
+                ),
+                ("OCI_RESOURCE_PRINCIPAL_REGION".into(), self.region.clone()),
+            ],
+            // Go errors when one of key and passphrase is a path and the other is not, and Py
+            // opens a passphrase file in an invalid mode (reference §2).
+            forbidden: vec!["OCI_RESOURCE_PRINCIPAL_PRIVATE_PEM_PASSPHRASE"],
+            notes: vec![
+                format!(
+                    "mount {} into the application container at the same path; the files must exist before the application starts (run credbroker as a native sidecar with a startup probe on /readyz/oci)",
+                    self.output_dir.display()
+                ),
+                "OCI SDKs use these files only when the application selects the resource principal signer (Python: oci.auth.signers.get_resource_principals_signer(); Go: auth.ResourcePrincipalConfigurationProvider(); Java/TS: ResourcePrincipalAuthenticationDetailsProvider)".into(),
+            ],
+        }
+    }
+
+    fn start(self: Box<Self>, shared: &Shared) -> Result<Arc<dyn CloudRuntime>, ConfigError> {
+        let runtime: Arc<dyn CloudRuntime> = self.start_runtime(shared)?;
+        Ok(runtime)
+    }
+}
+
+impl CloudRuntime for OciRuntime {
+    fn name(&self) -> &'static str {
+        "oci"
+    }
+
+    fn surfaces(&self) -> Vec<Arc<dyn Surface>> {
+        Vec::new()
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        self.cache.readiness()?;
+        self.writer.readiness()
+    }
+
+    fn summary(&self) -> Result<String, String> {
+        match self.slot.current() {
+            Some(cred) => {
+                let c = &cred.value.claims;
+                Ok(format!(
+                    "rpst for {} (tenancy {}), expires {} (in {} s); pod key {}; files in {}",
+                    c.sub.as_deref().unwrap_or("?"),
+                    c.res_tenant.as_deref().unwrap_or("?"),
+                    format_rfc3339(cred.expires_wall),
+                    cred.remaining(tokio::time::Instant::now()).as_secs(),
+                    self.key.fingerprint(),
+                    self.writer.files().dir().display()
+                ))
+            }
+            None => Err(self.slot.readiness().err().unwrap_or_default()),
+        }
+    }
+}
