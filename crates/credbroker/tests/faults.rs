@@ -1,12 +1,14 @@
-//! Fault injection under load: the binary with AWS, GCP and Azure enabled, steady client load on
-//! every credential surface (AWS container, IMDSv2, GCE token, Azure IMDS), while each cloud's
-//! upstream misbehaves or its token file is broken, independently per cloud.
+//! Fault injection under load: the binary with AWS, GCP, Azure and OCI enabled, steady client
+//! load on every credential surface (AWS container, IMDSv2, GCE token, Azure IMDS, and OCI's
+//! `rpst` file, read as an SDK reads it), while each cloud's upstream misbehaves or its token
+//! file is broken, independently per cloud.
 //!
 //! Credentials are cut to [`LIFETIME`] by the fakes so the first refresh (at half-life, ±10 %)
 //! comes within ~20 s. Each fault is injected right after start; once a cloud's refresh has
 //! failed, the fault is held for [`HOLD`] more, then cleared. Every upstream goes through a
-//! TLS-terminating front (trusted through `--upstream-ca-file`), which the TLS scenarios switch to
-//! an untrusted certificate or to plain HTTP.
+//! front that the TLS scenarios switch to an untrusted certificate or to plain HTTP: a
+//! TLS-terminating one (trusted through `--upstream-ca-file`) for AWS, GCP and Azure, a TCP
+//! relay to proxymux's own TLS (trusted through the cluster CA) for OCI.
 //!
 //! Per fault and cloud the suite reports, and asserts:
 //! - failed client requests while a credential with more than 5 s left had been served: 0;
@@ -46,6 +48,9 @@ const HOLD: Duration = Duration::from_secs(3);
 /// The broker's upstream read timeout (`ClientOptions::default`): how long a request held by a
 /// `timeout` fault can keep an exchange in flight past the moment the fault clears.
 const UPSTREAM_READ_TIMEOUT: f64 = 10.0;
+/// Time the recovering exchange itself may take (connection, TLS, one or two round trips on a
+/// loaded 2-core machine) on top of the backoff delay, plus the 0.1 s metrics polling.
+const EXCHANGE_ALLOWANCE: f64 = 2.0;
 /// One load request per surface this often.
 const LOAD_PERIOD: Duration = Duration::from_millis(200);
 /// Expiry values carry whole seconds; requests take time. Tolerance on the 5 s floor.
@@ -56,9 +61,10 @@ enum Cloud {
     Aws,
     Gcp,
     Azure,
+    Oci,
 }
 
-const CLOUDS: [Cloud; 3] = [Cloud::Aws, Cloud::Gcp, Cloud::Azure];
+const CLOUDS: [Cloud; 4] = [Cloud::Aws, Cloud::Gcp, Cloud::Azure, Cloud::Oci];
 
 impl Cloud {
     fn label(self) -> &'static str {
@@ -66,6 +72,7 @@ impl Cloud {
             Cloud::Aws => "aws",
             Cloud::Gcp => "gcp",
             Cloud::Azure => "azure",
+            Cloud::Oci => "oci",
         }
     }
 
@@ -202,7 +209,9 @@ struct Certs {
 }
 
 impl Front {
-    async fn start(backend: SocketAddr, certs: &Certs) -> Front {
+    /// `terminate`: decrypt and relay plain bytes to a plain-HTTP fake; otherwise relay the
+    /// TCP stream as it is (to a fake that speaks TLS itself).
+    async fn start(backend: SocketAddr, certs: &Certs, terminate: bool) -> Front {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mode = Arc::new(Mutex::new(FrontMode::Pass));
@@ -221,13 +230,18 @@ impl Front {
                     FrontMode::Pass => {
                         let good = good.clone();
                         let handle = tokio::spawn(async move {
-                            let Ok(mut tls) = good.accept(stream).await else {
-                                return;
-                            };
                             let Ok(mut up) = TcpStream::connect(backend).await else {
                                 return;
                             };
-                            let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                            if terminate {
+                                let Ok(mut tls) = good.accept(stream).await else {
+                                    return;
+                                };
+                                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                            } else {
+                                let mut stream = stream;
+                                let _ = tokio::io::copy_bidirectional(&mut stream, &mut up).await;
+                            }
                         });
                         let mut list = r.lock();
                         list.retain(|h| !h.is_finished());
@@ -332,6 +346,8 @@ enum Surf {
     AwsImds,
     Gcp,
     Azure,
+    /// The `rpst` file in `--oci-output-dir`, read and decoded as an SDK does.
+    OciFile,
 }
 
 impl Surf {
@@ -340,6 +356,7 @@ impl Surf {
             Surf::AwsContainer | Surf::AwsImds => Cloud::Aws,
             Surf::Gcp => Cloud::Gcp,
             Surf::Azure => Cloud::Azure,
+            Surf::OciFile => Cloud::Oci,
         }
     }
 }
@@ -369,6 +386,22 @@ async fn one_request(
     imds: &str,
 ) -> Sample {
     let sent = unix_now();
+    if surf == Surf::OciFile {
+        // `base` is the output directory. A missing, partial or undecodable file is a failure.
+        let rpst = std::fs::read_to_string(Path::new(base).join("rpst")).ok();
+        let key = std::fs::metadata(Path::new(base).join("private.pem")).map_or(0, |m| m.len());
+        let expiry = rpst
+            .filter(|_| key > 0)
+            .and_then(|t| credbroker::token::jwt::decode_claims(t.trim()).ok())
+            .and_then(|c| c.exp)
+            .map(|e| e as f64);
+        return Sample {
+            sent,
+            answered: unix_now(),
+            status: if expiry.is_some() { 200 } else { 0 },
+            expiry,
+        };
+    }
     let req = match surf {
         Surf::AwsContainer => client
             .get(format!("{base}/v1/credentials"))
@@ -386,6 +419,7 @@ async fn one_request(
         Surf::Azure => client
             .get(format!("{base}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/"))
             .header("Metadata", "true"),
+        Surf::OciFile => unreachable!("read above"),
     };
     let (status, body) = match req.send().await {
         Ok(resp) => {
@@ -406,6 +440,7 @@ async fn one_request(
             Surf::Azure => doc["expires_on"]
                 .as_str()
                 .and_then(|s| s.parse::<f64>().ok()),
+            Surf::OciFile => None,
         }
     } else {
         None
@@ -543,6 +578,7 @@ impl Target<'_> {
             Cloud::Aws => scape.sts.log().len(),
             Cloud::Gcp => scape.gcp.log().len(),
             Cloud::Azure => scape.entra.log().len(),
+            Cloud::Oci => scape.proxymux.log().len(),
         };
         logged as u64 + self.front.refused.load(Ordering::SeqCst)
     }
@@ -679,9 +715,11 @@ async fn run_scenario(name: &'static str, kind: Kind, certs: Arc<Certs>, root: &
     scape.sts.set_issued_lifetime(Some(LIFETIME));
     scape.gcp.set_issued_lifetime(Some(LIFETIME));
     scape.entra.set_token_lifetime(LIFETIME.as_secs());
-    let sts_front = Front::start(scape.sts.addr(), &certs).await;
-    let gcp_front = Front::start(scape.gcp.addr(), &certs).await;
-    let entra_front = Front::start(scape.entra.addr(), &certs).await;
+    scape.proxymux.set_rpst_lifetime(LIFETIME);
+    let sts_front = Front::start(scape.sts.addr(), &certs, true).await;
+    let gcp_front = Front::start(scape.gcp.addr(), &certs, true).await;
+    let entra_front = Front::start(scape.entra.addr(), &certs, true).await;
+    let proxymux_front = Front::start(scape.proxymux.addr(), &certs, false).await;
 
     // Every upstream through its front, over TLS.
     let mut env = all_env(&scape);
@@ -691,6 +729,11 @@ async fn run_scenario(name: &'static str, kind: Kind, certs: Arc<Certs>, root: &
     };
     set(&mut env, "AWS_ENDPOINT_URL_STS", sts_front.url());
     set(&mut env, "AZURE_AUTHORITY_HOST", format!("{}/", entra_front.url()));
+    set(
+        &mut env,
+        "KUBERNETES_SERVICE_PORT_PROXYMUX",
+        proxymux_front.addr.port().to_string(),
+    );
     let rebase = |url: String| url.replacen(&scape.gcp.url(), &gcp_front.url(), 1);
     let doc = fakecloud::gcp::external_account_json(
         &rebase(scape.gcp.token_url()),
@@ -731,18 +774,31 @@ async fn run_scenario(name: &'static str, kind: Kind, certs: Arc<Certs>, root: &
             token: &scape.azure_token,
             front: &entra_front,
         },
+        Target {
+            cloud: Cloud::Oci,
+            faults: scape.proxymux.faults(),
+            token: &scape.oci_token,
+            front: &proxymux_front,
+        },
     ];
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let base = format!("http://{}", broker.creds);
     let auth = broker.auth_token();
     let imds = broker.imds_session().await;
-    let loads: Vec<_> = [Surf::AwsContainer, Surf::AwsImds, Surf::Gcp, Surf::Azure]
-        .into_iter()
-        .map(|s| {
+    let oci_dir = broker.dir.join("oci").display().to_string();
+    let loads: Vec<_> = [
+        Surf::AwsContainer,
+        Surf::AwsImds,
+        Surf::Gcp,
+        Surf::Azure,
+        Surf::OciFile,
+    ]
+    .into_iter()
+    .map(|s| {
             let task = tokio::spawn(load(
                 s,
-                base.clone(),
+                if s == Surf::OciFile { oci_dir.clone() } else { base.clone() },
                 auth.clone(),
                 imds.clone(),
                 stop_rx.clone(),
@@ -755,8 +811,9 @@ async fn run_scenario(name: &'static str, kind: Kind, certs: Arc<Certs>, root: &
         drive(broker.ops, &targets[0], &kind),
         drive(broker.ops, &targets[1], &kind),
         drive(broker.ops, &targets[2], &kind),
+        drive(broker.ops, &targets[3], &kind),
     );
-    let windows = [windows.0, windows.1, windows.2];
+    let windows = [windows.0, windows.1, windows.2, windows.3];
     // Watch the recovered service a little longer.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _ = stop_tx.send(true);
@@ -794,7 +851,7 @@ async fn run_scenario(name: &'static str, kind: Kind, certs: Arc<Certs>, root: &
         let recovery_bound = w.recovered.map(|_| {
             kind.in_flight()
                 + full_backoff(w.failures_at_recovery).max(kind.retry_after())
-                + 1.0
+                + EXCHANGE_ALLOWANCE
         });
         rows.push(Row {
             fault: name,

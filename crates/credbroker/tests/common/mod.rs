@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use fakecloud::{Cloudscape, CloudscapeOptions};
@@ -80,11 +80,40 @@ pub fn azure_env(scape: &Cloudscape) -> Vec<(String, String)> {
     ]
 }
 
+/// The sidecar's environment for OCI: kubelet's service variables pointing at the fake
+/// proxymux, the cluster CA, the region and the projected token. [`Broker::start`] adds
+/// `--oci-output-dir DIR/oci` when OCI is enabled.
+pub fn oci_env(scape: &Cloudscape) -> Vec<(String, String)> {
+    vec![
+        (
+            "OCI_RESOURCE_PRINCIPAL_REGION".into(),
+            fakecloud::oci::DEFAULT_REGION.into(),
+        ),
+        (
+            "KUBERNETES_SERVICE_HOST".into(),
+            scape.proxymux.host().to_string(),
+        ),
+        (
+            "KUBERNETES_SERVICE_PORT_PROXYMUX".into(),
+            scape.proxymux.port().to_string(),
+        ),
+        (
+            "OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH".into(),
+            scape.oci_ca_path.display().to_string(),
+        ),
+        (
+            "CREDBROKER_OCI_TOKEN_FILE".into(),
+            scape.oci_token.path().display().to_string(),
+        ),
+    ]
+}
+
 /// Every cloud the emulated cloudscape offers, enabled together.
 pub fn all_env(scape: &Cloudscape) -> Vec<(String, String)> {
     let mut env = aws_env(scape);
     env.extend(gcp_env(scape));
     env.extend(azure_env(scape));
+    env.extend(oci_env(scape));
     env
 }
 
@@ -133,6 +162,9 @@ impl Broker {
             .args(extra)
             .stdout(std::fs::File::create(dir.join("broker.out")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap());
+        if env.iter().any(|(k, _)| k == "OCI_RESOURCE_PRINCIPAL_REGION") {
+            cmd.arg("--oci-output-dir").arg(dir.join("oci"));
+        }
         let mut child = cmd.spawn().expect("spawn credbroker");
         let deadline = Instant::now() + Duration::from_secs(15);
         let addrs = loop {

@@ -5,6 +5,11 @@
 //! trailing newline: the SDKs read the files whole, never trim them, and re-read them at times
 //! of their own choosing (Py only after a 401), so a reader must never see a partial file. The
 //! key is written once; the RPST is rewritten whenever the cache obtains a new one.
+//!
+//! An RPST is taken off disk once less than [`VALID_FLOOR`] of it is left and no new one has
+//! arrived (refreshes failing for its whole remaining life): a file surface "serves" whatever
+//! sits in the file, and no surface serves a credential inside the floor. SDKs then fail to
+//! load the file (as they would get a 5xx from an HTTP surface) until the next RPST is written.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -90,6 +95,15 @@ impl OciFiles {
         write_atomic(&self.rpst_path(), token.expose().as_bytes(), self.mode)
     }
 
+    /// Removes `rpst` (an expired RPST must not be read); a missing file is fine.
+    pub fn withdraw_rpst(&self) -> std::io::Result<bool> {
+        match std::fs::remove_file(self.rpst_path()) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Both files present.
     pub fn both_exist(&self) -> Result<(), String> {
         for path in [self.key_path(), self.rpst_path()] {
@@ -140,11 +154,18 @@ impl FileWriter {
         let mut rx = slot.subscribe();
         loop {
             let latest = rx.borrow_and_update().cred.clone();
-            let ok = match latest {
-                Some(cred) => self.sync(&cred),
+            let ok = match &latest {
+                Some(cred) => self.sync(cred),
                 None => true,
             };
-            let wait = if ok { BACKSTOP } else { RETRY };
+            let mut wait = if ok { BACKSTOP } else { RETRY };
+            // Wake when the held RPST enters the floor, to take it off disk.
+            if let Some(cred) = &latest {
+                let servable = cred.remaining(Instant::now()).saturating_sub(VALID_FLOOR);
+                if !servable.is_zero() {
+                    wait = wait.min(servable + Duration::from_millis(10));
+                }
+            }
             tokio::select! {
                 changed = rx.changed() => {
                     if changed.is_err() {
@@ -160,6 +181,24 @@ impl FileWriter {
     /// Returns `false` when a write failed.
     fn sync(&self, cred: &Arc<Issued<Rpst>>) -> bool {
         let mut state = self.state.lock();
+        if cred.remaining(Instant::now()) <= VALID_FLOOR {
+            return match self.files.withdraw_rpst() {
+                Ok(removed) => {
+                    if removed {
+                        tracing::warn!(
+                            cloud = "oci",
+                            path = %self.files.rpst_path().display(),
+                            "the rpst is about to expire and no new one could be obtained; removed it until the next one arrives"
+                        );
+                    }
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(cloud = "oci", error = %e, "cannot remove the expiring rpst");
+                    false
+                }
+            };
+        }
         let current = state.written.as_ref().is_some_and(|w| Arc::ptr_eq(w, cred));
         if current && self.files.both_exist().is_ok() {
             return true;
