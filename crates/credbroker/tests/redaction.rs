@@ -11,6 +11,8 @@ use credbroker::clouds::aws::surface::AwsCredential;
 use credbroker::clouds::azure::entra::EntraToken;
 use credbroker::clouds::azure::surface::AzureToken;
 use credbroker::clouds::gcp::sts::AccessToken;
+use credbroker::clouds::oci::key::PodKey;
+use credbroker::clouds::oci::proxymux::{Rpst, RpstClaims};
 use credbroker::exchange::ExchangeError;
 use credbroker::refresh::Issued;
 use credbroker::secret::Secret;
@@ -109,4 +111,27 @@ fn service_account_tokens() {
 fn exchange_errors_truncate_upstream_text() {
     let e = ExchangeError::transient("X", "m".repeat(10_000));
     assert!(e.to_string().chars().count() < 600);
+}
+
+#[test]
+fn oci_rpst_and_private_key() {
+    let rpst = Rpst {
+        token: Secret::new(SA_TOKEN),
+        claims: RpstClaims {
+            exp: 4_102_444_800,
+            iat: None,
+            sub: Some("ocid1.workload.oc1..x".into()),
+            res_tenant: None,
+            res_compartment: None,
+            jti: Some("jti-1".into()),
+        },
+    };
+    assert_hidden(&format!("{rpst:?}"), &[SA_TOKEN, "c2lnbmF0dXJl"]);
+    let key = PodKey::generate().unwrap();
+    let pem = key.private_pem().expose().to_string();
+    let shown = format!("{key:?}");
+    for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!shown.contains(line), "a private key line in {shown}");
+    }
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
 }

@@ -2,7 +2,8 @@
 //! rotations, upstream errors, a token file holding a secret-looking garbage value, refused
 //! requests, dynamic keys, `credbroker check`), then every secret value that existed is
 //! searched for in everything the broker printed and every error body it answered.
-//! Also: the file holding the AWS auth token is 0600 (0640 with --group-readable-files).
+//! Also: the files holding secrets (the AWS auth token, OCI's rpst and private.pem) are 0600
+//! (0640 with --group-readable-files).
 
 mod common;
 
@@ -47,8 +48,25 @@ impl Seen {
     }
 
     fn tokens(&mut self, scape: &Cloudscape) {
-        for t in [&scape.aws_token, &scape.gcp_token, &scape.azure_token] {
+        for t in [
+            &scape.aws_token,
+            &scape.gcp_token,
+            &scape.azure_token,
+            &scape.oci_token,
+        ] {
             self.secret(t.current());
+        }
+    }
+
+    /// OCI's surface is files: the RPST, and every base64 line of the private key.
+    fn oci_files(&mut self, broker: &Broker) {
+        let dir = broker.dir.join("oci");
+        if let Ok(rpst) = std::fs::read_to_string(dir.join("rpst")) {
+            self.secret(rpst);
+        }
+        let pem = std::fs::read_to_string(dir.join("private.pem")).unwrap_or_default();
+        for line in pem.lines().filter(|l| !l.starts_with("-----") && l.len() >= 40) {
+            self.secret(line);
         }
     }
 }
@@ -98,6 +116,7 @@ async fn no_secret_in_any_output_at_trace_level() {
     scape.sts.set_issued_lifetime(Some(Duration::from_secs(12)));
     scape.gcp.set_issued_lifetime(Some(Duration::from_secs(12)));
     scape.entra.set_token_lifetime(12);
+    scape.proxymux.set_rpst_lifetime(Duration::from_secs(12));
     let mut seen = Seen::default();
     seen.tokens(&scape);
     let env = all_env(&scape);
@@ -105,6 +124,8 @@ async fn no_secret_in_any_output_at_trace_level() {
     broker.wait_ready().await;
     seen.secret(broker.auth_token());
     seen.secret(AZURE_IDENTITY_HEADER);
+    seen.oci_files(&broker);
+    assert!(seen.secrets.len() >= 30, "the OCI key was not found");
 
     // Healthy, then rotated, then failing upstream (transient and permanent), then a token
     // file holding a secret-looking non-JWT, then healthy again.
@@ -113,7 +134,13 @@ async fn no_secret_in_any_output_at_trace_level() {
     seen.tokens(&scape);
     tokio::time::sleep(Duration::from_secs(7)).await;
     exercise(&broker, &mut seen).await;
-    for faults in [scape.sts.faults(), scape.gcp.faults(), scape.entra.faults()] {
+    seen.oci_files(&broker);
+    for faults in [
+        scape.sts.faults(),
+        scape.gcp.faults(),
+        scape.entra.faults(),
+        scape.proxymux.faults(),
+    ] {
         faults.set(Fault::Status {
             status: 503,
             count: Some(1),
@@ -126,7 +153,12 @@ async fn no_secret_in_any_output_at_trace_level() {
         count: Some(1),
     });
     let marker = "credbroker-secret-marker-do-not-log-0123456789";
-    for t in [&scape.aws_token, &scape.gcp_token, &scape.azure_token] {
+    for t in [
+        &scape.aws_token,
+        &scape.gcp_token,
+        &scape.azure_token,
+        &scape.oci_token,
+    ] {
         t.write_raw(marker.as_bytes()).unwrap();
     }
     seen.secret(marker);
@@ -134,19 +166,28 @@ async fn no_secret_in_any_output_at_trace_level() {
     exercise(&broker, &mut seen).await;
     scape.rotate_tokens().unwrap();
     seen.tokens(&scape);
-    for faults in [scape.sts.faults(), scape.gcp.faults(), scape.entra.faults()] {
+    for faults in [
+        scape.sts.faults(),
+        scape.gcp.faults(),
+        scape.entra.faults(),
+        scape.proxymux.faults(),
+    ] {
         faults.clear();
     }
     broker.wait_ready().await;
     exercise(&broker, &mut seen).await;
+    seen.oci_files(&broker);
 
     // `credbroker check` at trace, with the same configuration.
+    let check_dir = dir.path().join("check");
     let out = std::process::Command::new(BIN)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(env.iter().cloned())
         .args(["--log-level", "trace", "check", "--aws-auth-token-file"])
         .arg(broker.dir.join("aws-auth-token"))
+        .arg("--oci-output-dir")
+        .arg(&check_dir)
         .output()
         .unwrap();
     let check = format!(
@@ -155,7 +196,10 @@ async fn no_secret_in_any_output_at_trace_level() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{check}");
-    for cloud in ["aws: ok", "gcp: ok", "azure: ok"] {
+    if let Ok(rpst) = std::fs::read_to_string(check_dir.join("rpst")) {
+        seen.secret(rpst);
+    }
+    for cloud in ["aws: ok", "gcp: ok", "azure: ok", "oci: ok"] {
         assert!(check.contains(cloud), "{check}");
     }
 
@@ -205,16 +249,20 @@ async fn no_secret_in_any_output_at_trace_level() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_auth_token_file_is_private() {
+async fn files_holding_secrets_are_private() {
     let dir = tempfile::tempdir().unwrap();
     let scape = cloudscape(dir.path()).await;
     for (sub, extra, mode) in [
         ("private", &[][..], 0o600),
         ("group", &["--group-readable-files"][..], 0o640),
     ] {
-        let broker = Broker::start(&dir.path().join(sub), &aws_env(&scape), extra).await;
+        let mut env = aws_env(&scape);
+        env.extend(oci_env(&scape));
+        let broker = Broker::start(&dir.path().join(sub), &env, extra).await;
         broker.wait_ready().await;
-        let meta = std::fs::metadata(broker.dir.join("aws-auth-token")).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, mode, "{sub}");
+        for file in ["aws-auth-token", "oci/rpst", "oci/private.pem"] {
+            let meta = std::fs::metadata(broker.dir.join(file)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, mode, "{sub}: {file}");
+        }
     }
 }
