@@ -17,6 +17,9 @@ fuzz_target!(|data: &[u8]| {
     for status in [400, 403, 429, 500, 503] {
         let e = sts::parse_error(status, &body);
         assert!(e.message.chars().count() <= 513);
-        assert_eq!(e.is_transient(), status >= 500 || status == 429 || e.is_transient());
+        assert_eq!(
+            e.is_transient(),
+            status >= 500 || status == 429 || e.is_transient()
+        );
     }
 });

@@ -306,10 +306,20 @@ fn make_certs(dir: &Path) -> Certs {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut configs = Vec::new();
     for name in ["good", "rogue"] {
-        let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        let (cert, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
         let out = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
-            .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
             // webpki refuses a CA certificate as the server's own certificate.
             .args(["-addext", "basicConstraints=critical,CA:FALSE"])
             .arg("-keyout")
@@ -318,7 +328,11 @@ fn make_certs(dir: &Path) -> Certs {
             .arg(&cert)
             .output()
             .expect("openssl is needed to make test certificates");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -728,7 +742,11 @@ async fn run_scenario(name: &'static str, kind: Kind, certs: Arc<Certs>, root: &
         env.push((k.to_string(), v));
     };
     set(&mut env, "AWS_ENDPOINT_URL_STS", sts_front.url());
-    set(&mut env, "AZURE_AUTHORITY_HOST", format!("{}/", entra_front.url()));
+    set(
+        &mut env,
+        "AZURE_AUTHORITY_HOST",
+        format!("{}/", entra_front.url()),
+    );
     set(
         &mut env,
         "KUBERNETES_SERVICE_PORT_PROXYMUX",
@@ -796,16 +814,20 @@ async fn run_scenario(name: &'static str, kind: Kind, certs: Arc<Certs>, root: &
     ]
     .into_iter()
     .map(|s| {
-            let task = tokio::spawn(load(
-                s,
-                if s == Surf::OciFile { oci_dir.clone() } else { base.clone() },
-                auth.clone(),
-                imds.clone(),
-                stop_rx.clone(),
-            ));
-            (s, task)
-        })
-        .collect();
+        let task = tokio::spawn(load(
+            s,
+            if s == Surf::OciFile {
+                oci_dir.clone()
+            } else {
+                base.clone()
+            },
+            auth.clone(),
+            imds.clone(),
+            stop_rx.clone(),
+        ));
+        (s, task)
+    })
+    .collect();
 
     let windows = tokio::join!(
         drive(broker.ops, &targets[0], &kind),
@@ -874,7 +896,11 @@ async fn run_scenario(name: &'static str, kind: Kind, certs: Arc<Certs>, root: &
             );
         }
     }
-    assert!(!broker.logs().contains("panicked"), "{name}: {}", broker.logs());
+    assert!(
+        !broker.logs().contains("panicked"),
+        "{name}: {}",
+        broker.logs()
+    );
     rows
 }
 
@@ -966,7 +992,9 @@ async fn faults_under_load_never_fail_a_client_that_had_a_valid_credential() {
         if let (Some(t), Some(b)) = (r.recovery, r.recovery_bound)
             && t > b
         {
-            problems.push(format!("{who}: recovered {t:.1} s after the fault cleared (bound {b:.0} s)"));
+            problems.push(format!(
+                "{who}: recovered {t:.1} s after the fault cleared (bound {b:.0} s)"
+            ));
         }
         if r.failed_exchanges > r.failures_bound {
             problems.push(format!(
@@ -981,7 +1009,10 @@ async fn faults_under_load_never_fail_a_client_that_had_a_valid_credential() {
             ));
         }
         if r.verdict.requests < 50 {
-            problems.push(format!("{who}: only {} client requests", r.verdict.requests));
+            problems.push(format!(
+                "{who}: only {} client requests",
+                r.verdict.requests
+            ));
         }
     }
     assert!(problems.is_empty(), "{}\n{table}", problems.join("\n"));

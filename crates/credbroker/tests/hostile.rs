@@ -103,7 +103,10 @@ fn assert_shape(shape: Shape, r: &Reply, what: &str) {
         Shape::AwsJson => {
             assert_eq!(r.header("content-type"), Some("application/json"), "{what}");
             let doc = r.json();
-            assert!(doc["Code"].is_string() && doc["Message"].is_string(), "{what}: {doc}");
+            assert!(
+                doc["Code"].is_string() && doc["Message"].is_string(),
+                "{what}: {doc}"
+            );
         }
         Shape::AwsText => {
             assert!(
@@ -182,7 +185,14 @@ async fn refusals_are_in_each_clouds_shape() {
 
     for route in routes(&broker, &session) {
         let (auth_name, auth_value) = (route.auth.0, route.auth.1.as_str());
-        let good = send(a, "GET", &route.target, Some(&host), &[(auth_name, auth_value)]).await;
+        let good = send(
+            a,
+            "GET",
+            &route.target,
+            Some(&host),
+            &[(auth_name, auth_value)],
+        )
+        .await;
         assert_eq!(good.status, 200, "{}: {}", route.name, good.body);
         secrets.extend(secrets_in(&good.body));
 
@@ -195,13 +205,26 @@ async fn refusals_are_in_each_clouds_shape() {
         // The metadata header: missing, wrong, or in the wrong case where the value matters.
         let r = send(a, "GET", &route.target, Some(&host), &[]).await;
         expect(r, route.missing_status, "no metadata header".into());
-        let r = send(a, "GET", &route.target, Some(&host), &[(auth_name, route.wrong)]).await;
+        let r = send(
+            a,
+            "GET",
+            &route.target,
+            Some(&host),
+            &[(auth_name, route.wrong)],
+        )
+        .await;
         expect(r, route.wrong_status, "wrong metadata header".into());
         let r = send(a, "GET", &route.target, Some(&host), &[(auth_name, "")]).await;
         assert!(r.status >= 400, "{}: empty header", route.name);
 
         // Relayed requests: every proxy header, with a valid metadata header.
-        for proxy in ["X-Forwarded-For", "Forwarded", "Via", "X-Real-IP", "X-Forwarded-Host"] {
+        for proxy in [
+            "X-Forwarded-For",
+            "Forwarded",
+            "Via",
+            "X-Real-IP",
+            "X-Forwarded-Host",
+        ] {
             let r = send(
                 a,
                 "GET",
@@ -220,7 +243,14 @@ async fn refusals_are_in_each_clouds_shape() {
             "[::1]evil.example.com",
             "10.0.0.1",
         ] {
-            let r = send(a, "GET", &route.target, Some(foreign), &[(auth_name, auth_value)]).await;
+            let r = send(
+                a,
+                "GET",
+                &route.target,
+                Some(foreign),
+                &[(auth_name, auth_value)],
+            )
+            .await;
             expect(r, route.refusal_status, format!("Host {foreign}"));
         }
         let twice = format!(
@@ -241,7 +271,14 @@ async fn refusals_are_in_each_clouds_shape() {
 
         // Wrong methods, with every header right.
         for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"] {
-            let r = send(a, method, &route.target, Some(&host), &[(auth_name, auth_value)]).await;
+            let r = send(
+                a,
+                method,
+                &route.target,
+                Some(&host),
+                &[(auth_name, auth_value)],
+            )
+            .await;
             expect(r, 405, format!("method {method}"));
         }
     }
@@ -309,7 +346,14 @@ async fn huge_malformed_and_pipelined_requests() {
 
     // Heads past the 16 KiB cap: answered 431 (or 414), never read into unbounded memory.
     let big_value = "a".repeat(20 * 1024);
-    let r = send(a, "GET", "/v1/credentials", Some(&host), &[("X-Big", &big_value)]).await;
+    let r = send(
+        a,
+        "GET",
+        "/v1/credentials",
+        Some(&host),
+        &[("X-Big", &big_value)],
+    )
+    .await;
     assert_eq!(r.status, 431, "huge header");
     let many: Vec<(String, String)> = (0..150).map(|i| (format!("X-H{i}"), "v".into())).collect();
     let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -318,7 +362,11 @@ async fn huge_malformed_and_pipelined_requests() {
     for len in [20 * 1024, 70 * 1024] {
         let target = format!("/v1/credentials?{}", "q".repeat(len));
         let r = send(a, "GET", &target, Some(&host), &[("Authorization", &auth)]).await;
-        assert!(r.status == 431 || r.status == 414, "URI of {len}: {}", r.status);
+        assert!(
+            r.status == 431 || r.status == 414,
+            "URI of {len}: {}",
+            r.status
+        );
     }
 
     // Malformed request lines and heads: 400 (or a closed connection), never a credential.
@@ -368,7 +416,12 @@ async fn huge_malformed_and_pipelined_requests() {
         .expect("pipelined answers")
         .unwrap();
     let statuses = split_responses(&buf);
-    assert_eq!(statuses, vec![200, 404, 200], "{}", String::from_utf8_lossy(&buf));
+    assert_eq!(
+        statuses,
+        vec![200, 404, 200],
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
 
     // Still serving, nothing panicked.
     let r = get(a, "/v1/credentials", &[("Authorization", &auth)]).await;
@@ -416,8 +469,14 @@ async fn slow_and_idle_clients_are_cut_off() {
     // Connects and sends nothing.
     let mut s = TcpStream::connect(a).await.unwrap();
     let t = Instant::now();
-    assert!(closed_within(&mut s, Duration::from_secs(3)).await, "silent client kept");
-    assert!(t.elapsed() >= Duration::from_millis(400), "closed too early");
+    assert!(
+        closed_within(&mut s, Duration::from_secs(3)).await,
+        "silent client kept"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "closed too early"
+    );
 
     // Slowloris: a byte every 100 ms never completes a head; the deadline is for the whole head.
     let mut s = TcpStream::connect(a).await.unwrap();
@@ -448,7 +507,10 @@ async fn slow_and_idle_clients_are_cut_off() {
     let mut buf = [0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
-    assert!(closed_within(&mut s, Duration::from_secs(3)).await, "idle keep-alive kept");
+    assert!(
+        closed_within(&mut s, Duration::from_secs(3)).await,
+        "idle keep-alive kept"
+    );
 
     // A client that pipelines requests and never reads the answers is dropped once the
     // server's writes stall, instead of holding a connection (and a slot) forever. Judged by
@@ -468,16 +530,27 @@ async fn slow_and_idle_clients_are_cut_off() {
             Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => break,
         }
-        assert!(t.elapsed() < Duration::from_secs(20), "the server kept reading");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the server kept reading"
+        );
     }
     let blocked = t.elapsed();
-    wait_until(Duration::from_secs(5), || async { open_fds(pid) <= fds_before }).await;
+    wait_until(Duration::from_secs(5), || async {
+        open_fds(pid) <= fds_before
+    })
+    .await;
     eprintln!(
         "never-reading client: writes blocked after {blocked:?}, dropped after {:?}",
         t.elapsed()
     );
     drop(s);
-    let r = get(a, "/computeMetadata/v1/project/project-id", &[("Metadata-Flavor", "Google")]).await;
+    let r = get(
+        a,
+        "/computeMetadata/v1/project/project-id",
+        &[("Metadata-Flavor", "Google")],
+    )
+    .await;
     assert_eq!(r.status, 200);
 }
 
@@ -509,14 +582,24 @@ async fn connection_cap_bounds_what_a_flood_costs() {
     let broker = ready_broker(
         dir.path(),
         &scape,
-        &["--max-connections", "256", "--header-read-timeout-ms", "2500"],
+        &[
+            "--max-connections",
+            "256",
+            "--header-read-timeout-ms",
+            "2500",
+        ],
     )
     .await;
     let a = broker.creds;
     let pid = broker.pid();
     // Warm up allocator and runtime, then take the baseline.
     for _ in 0..20 {
-        get(a, "/computeMetadata/v1/project/project-id", &[("Metadata-Flavor", "Google")]).await;
+        get(
+            a,
+            "/computeMetadata/v1/project/project-id",
+            &[("Metadata-Flavor", "Google")],
+        )
+        .await;
     }
     let fds_before = open_fds(pid);
     let rss_before = proc_status(pid, "VmRSS:");
@@ -538,8 +621,14 @@ async fn connection_cap_bounds_what_a_flood_costs() {
     eprintln!(
         "flood of {FLOOD}: broker fds {fds_before} -> {fds_during}, VmRSS {rss_before} -> {rss_during} KiB"
     );
-    assert!(accepted <= CAP + 2, "{accepted} connections accepted, cap {CAP}");
-    assert!(accepted >= CAP - 8, "only {accepted} accepted: the flood did not reach the cap");
+    assert!(
+        accepted <= CAP + 2,
+        "{accepted} connections accepted, cap {CAP}"
+    );
+    assert!(
+        accepted >= CAP - 8,
+        "only {accepted} accepted: the flood did not reach the cap"
+    );
     assert!(
         rss_during.saturating_sub(rss_before) < 32 * 1024,
         "resident memory grew by {} KiB",
@@ -557,9 +646,15 @@ async fn connection_cap_bounds_what_a_flood_costs() {
     .await
     .expect("served after the flood timed out");
     assert_eq!(r.status, 200);
-    assert!(t.elapsed() >= Duration::from_millis(500), "the cap let it through at once");
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "the cap let it through at once"
+    );
     drop(flood);
-    wait_until(Duration::from_secs(10), || async { open_fds(pid) <= fds_before + 4 }).await;
+    wait_until(Duration::from_secs(10), || async {
+        open_fds(pid) <= fds_before + 4
+    })
+    .await;
     assert!(!broker.logs().contains("panicked"));
 }
 
@@ -596,9 +691,17 @@ async fn sigterm_drains_a_slow_in_flight_request() {
         "still accepting after SIGTERM"
     );
     let r = in_flight.await.unwrap();
-    assert_eq!(r.status, 200, "the in-flight request was dropped: {}", r.body);
+    assert_eq!(
+        r.status, 200,
+        "the in-flight request was dropped: {}",
+        r.body
+    );
     assert_eq!(r.json()["resource"], "https://vault.azure.net");
     let code = broker.terminate();
     assert_eq!(code, Some(0), "{}", broker.logs());
-    assert!(t.elapsed() < Duration::from_secs(5), "exit took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "exit took {:?}",
+        t.elapsed()
+    );
 }

@@ -65,7 +65,10 @@ impl Seen {
             self.secret(rpst);
         }
         let pem = std::fs::read_to_string(dir.join("private.pem")).unwrap_or_default();
-        for line in pem.lines().filter(|l| !l.starts_with("-----") && l.len() >= 40) {
+        for line in pem
+            .lines()
+            .filter(|l| !l.starts_with("-----") && l.len() >= 40)
+        {
             self.secret(line);
         }
     }
@@ -82,27 +85,81 @@ async fn exercise(broker: &Broker, seen: &mut Seen) {
         ("/v1/credentials", vec![("Authorization", auth.as_str())]),
         ("/v1/credentials", vec![("Authorization", "wrong")]),
         ("/v1/credentials", vec![]),
-        ("/latest/meta-data/iam/security-credentials/credbroker-demo", imds.to_vec()),
+        (
+            "/latest/meta-data/iam/security-credentials/credbroker-demo",
+            imds.to_vec(),
+        ),
         ("/latest/meta-data/iam/info", imds.to_vec()),
-        ("/latest/meta-data/iam/security-credentials/credbroker-demo", vec![("X-aws-ec2-metadata-token", "forged")]),
-        ("/computeMetadata/v1/instance/service-accounts/default/token", flavor.to_vec()),
-        ("/computeMetadata/v1/instance/service-accounts/default/token?scopes=https://www.googleapis.com/auth/devstorage.read_only", flavor.to_vec()),
-        ("/computeMetadata/v1/instance/service-accounts/default/identity?audience=https://secrets.test&format=full", flavor.to_vec()),
-        ("/computeMetadata/v1/instance/service-accounts/default/identity?audience=https://secrets.test", flavor.to_vec()),
-        ("/computeMetadata/v1/instance/service-accounts/default/?recursive=true", flavor.to_vec()),
-        ("/computeMetadata/v1/instance/service-accounts/default/token", vec![]),
-        ("/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/", vec![("Metadata", "true")]),
-        ("/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net", vec![("Metadata", "true")]),
-        ("/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net", vec![]),
-        ("/msi/token?api-version=2019-08-01&resource=https://storage.azure.com/", vec![("X-IDENTITY-HEADER", AZURE_IDENTITY_HEADER)]),
-        ("/msi/token?api-version=2019-08-01&resource=https://storage.azure.com/", vec![("X-IDENTITY-HEADER", "itest-identity-header-wrong-wrong-wrong")]),
-        ("/v1/credentials", vec![("Authorization", auth.as_str()), ("X-Forwarded-For", "10.1.1.1")]),
+        (
+            "/latest/meta-data/iam/security-credentials/credbroker-demo",
+            vec![("X-aws-ec2-metadata-token", "forged")],
+        ),
+        (
+            "/computeMetadata/v1/instance/service-accounts/default/token",
+            flavor.to_vec(),
+        ),
+        (
+            "/computeMetadata/v1/instance/service-accounts/default/token?scopes=https://www.googleapis.com/auth/devstorage.read_only",
+            flavor.to_vec(),
+        ),
+        (
+            "/computeMetadata/v1/instance/service-accounts/default/identity?audience=https://secrets.test&format=full",
+            flavor.to_vec(),
+        ),
+        (
+            "/computeMetadata/v1/instance/service-accounts/default/identity?audience=https://secrets.test",
+            flavor.to_vec(),
+        ),
+        (
+            "/computeMetadata/v1/instance/service-accounts/default/?recursive=true",
+            flavor.to_vec(),
+        ),
+        (
+            "/computeMetadata/v1/instance/service-accounts/default/token",
+            vec![],
+        ),
+        (
+            "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/",
+            vec![("Metadata", "true")],
+        ),
+        (
+            "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net",
+            vec![("Metadata", "true")],
+        ),
+        (
+            "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net",
+            vec![],
+        ),
+        (
+            "/msi/token?api-version=2019-08-01&resource=https://storage.azure.com/",
+            vec![("X-IDENTITY-HEADER", AZURE_IDENTITY_HEADER)],
+        ),
+        (
+            "/msi/token?api-version=2019-08-01&resource=https://storage.azure.com/",
+            vec![(
+                "X-IDENTITY-HEADER",
+                "itest-identity-header-wrong-wrong-wrong",
+            )],
+        ),
+        (
+            "/v1/credentials",
+            vec![
+                ("Authorization", auth.as_str()),
+                ("X-Forwarded-For", "10.1.1.1"),
+            ],
+        ),
     ];
     for (path, headers) in &requests {
         let r = get(a, path, headers).await;
         seen.reply(&r);
     }
-    for path in ["/readyz", "/readyz/aws", "/readyz/gcp", "/readyz/azure", "/metrics"] {
+    for path in [
+        "/readyz",
+        "/readyz/aws",
+        "/readyz/gcp",
+        "/readyz/azure",
+        "/metrics",
+    ] {
         let r = get(broker.ops, path, &[]).await;
         seen.output.push_str(&r.body);
     }
@@ -225,8 +282,14 @@ async fn no_secret_in_any_output_at_trace_level() {
     assert_eq!(broker.terminate(), Some(0));
     let stdout = std::fs::read_to_string(broker.dir.join("broker.out")).unwrap_or_default();
     let logs = broker.logs();
-    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "not verbose");
-    assert!(logs.contains("is not a JWT"), "the bad token file was not reported");
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG"),
+        "not verbose"
+    );
+    assert!(
+        logs.contains("is not a JWT"),
+        "the bad token file was not reported"
+    );
     let all = format!("{logs}\n{stdout}\n{check}\n{}", seen.output);
     let mut hits = Vec::new();
     for s in &seen.secrets {
@@ -244,7 +307,11 @@ async fn no_secret_in_any_output_at_trace_level() {
         seen.secrets.len(),
         hits.len()
     );
-    assert!(seen.secrets.len() >= 20, "too few secrets collected: {}", seen.secrets.len());
+    assert!(
+        seen.secrets.len() >= 20,
+        "too few secrets collected: {}",
+        seen.secrets.len()
+    );
     assert!(hits.is_empty(), "secrets found in output: {hits:?}");
 }
 

@@ -158,7 +158,10 @@ mod tests {
     fn every_name_a_request_carries_is_checked() {
         // Two Host headers: whichever a parser picks, refuse.
         assert_eq!(
-            check(&parts(&[("host", "127.0.0.1"), ("host", "evil.example.com")])),
+            check(&parts(&[
+                ("host", "127.0.0.1"),
+                ("host", "evil.example.com")
+            ])),
             Err(Refusal::ForeignHost)
         );
         // A Host that is not text cannot be judged, so it is refused.
@@ -197,7 +200,13 @@ mod tests {
             ])),
             Err(Refusal::Proxied)
         );
-        for header in ["forwarded", "via", "x-real-ip", "x-forwarded-host", "X-Forwarded-For"] {
+        for header in [
+            "forwarded",
+            "via",
+            "x-real-ip",
+            "x-forwarded-host",
+            "X-Forwarded-For",
+        ] {
             assert_eq!(
                 check(&parts(&[("host", "127.0.0.1"), (header, "1.2.3.4")])),
                 Err(Refusal::Proxied),

@@ -333,7 +333,10 @@ async fn token_change_retries_a_failing_slot_at_once() {
 async fn token_churn_while_failing_is_rate_limited() {
     let ex = Scripted::new(mins(60));
     for _ in 0..1000 {
-        ex.then(Step::Err(ExchangeError::transient("TokenFile", "not a JWT")));
+        ex.then(Step::Err(ExchangeError::transient(
+            "TokenFile",
+            "not a JWT",
+        )));
     }
     let (tx, rx) = watch::channel(0u64);
     let _cache = cache_with(&ex, aws_policy(), Some(rx), KeyLimits::default());
@@ -344,7 +347,11 @@ async fn token_churn_while_failing_is_rate_limited() {
     }
     // 10 s of churn: at most one attempt per second (plus the first).
     assert!(ex.calls() <= 11, "{} attempts in 10 s", ex.calls());
-    assert!(ex.calls() >= 5, "token changes stopped causing retries: {}", ex.calls());
+    assert!(
+        ex.calls() >= 5,
+        "token changes stopped causing retries: {}",
+        ex.calls()
+    );
 }
 
 #[tokio::test(start_paused = true)]

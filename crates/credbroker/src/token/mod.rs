@@ -209,7 +209,11 @@ fn read_capped(path: &Path) -> Result<Secret, TokenError> {
 
 /// Validates a token file's content as [`TokenSource::read_now`] does (size, UTF-8, JWT shape,
 /// `exp`), without touching the file system. `path` only names the file in errors.
-pub fn parse_token_bytes(path: &Path, bytes: &[u8], clock: &dyn Clock) -> Result<Token, TokenError> {
+pub fn parse_token_bytes(
+    path: &Path,
+    bytes: &[u8],
+    clock: &dyn Clock,
+) -> Result<Token, TokenError> {
     validate(path, from_bytes(path, bytes), clock)
 }
 

@@ -167,7 +167,11 @@ fn a_file_that_stays_bad_does_not_tick() {
         for _ in 0..5 {
             assert!(src.read_now().is_err());
         }
-        assert_eq!(*changes.borrow(), ticks, "{bad:?}: unchanged bad file ticked");
+        assert_eq!(
+            *changes.borrow(),
+            ticks,
+            "{bad:?}: unchanged bad file ticked"
+        );
     }
     std::fs::write(&payload, token_expiring_in(3600, 1)).unwrap();
     let ticks = *changes.borrow();

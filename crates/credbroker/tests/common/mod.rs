@@ -162,7 +162,10 @@ impl Broker {
             .args(extra)
             .stdout(std::fs::File::create(dir.join("broker.out")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap());
-        if env.iter().any(|(k, _)| k == "OCI_RESOURCE_PRINCIPAL_REGION") {
+        if env
+            .iter()
+            .any(|(k, _)| k == "OCI_RESOURCE_PRINCIPAL_REGION")
+        {
             cmd.arg("--oci-output-dir").arg(dir.join("oci"));
         }
         let mut child = cmd.spawn().expect("spawn credbroker");
