@@ -8,9 +8,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data)
         && let Err(e) = jwt::decode_claims(text)
     {
-        // Errors describe the problem, never the text.
-        if text.len() > 8 {
-            assert!(!e.to_string().contains(text));
-        }
+        // Errors describe the problem in fixed words, never quoting the text: bounded length.
+        let shown = e.to_string();
+        assert!(shown.len() < 64, "{shown}");
     }
 });

@@ -45,7 +45,7 @@ fn world() -> &'static World {
             ("AWS_ENDPOINT_URL_STS", CLOSED),
             ("AWS_REGION", "us-east-1"),
             ("GOOGLE_APPLICATION_CREDENTIALS", &account.display().to_string()),
-            ("GOOGLE_CLOUD_PROJECT", "proj"),
+            ("GOOGLE_CLOUD_PROJECT", "fuzz-project"),
             ("AZURE_CLIENT_ID", "11111111-2222-3333-4444-555555555555"),
             ("AZURE_TENANT_ID", "66666666-7777-8888-9999-000000000000"),
             ("AZURE_FEDERATED_TOKEN_FILE", token.as_str()),
