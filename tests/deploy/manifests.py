@@ -7,6 +7,7 @@ every overlay, and runs them again on deliberately broken copies to show that ea
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -14,6 +15,7 @@ import posixpath
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
@@ -503,12 +505,21 @@ def parse_env_output(text: str) -> tuple[dict[str, dict[str, str]], set[str]]:
     return exports, forbidden
 
 
+def unsigned_jwt(claims: dict) -> str:
+    """A JWT-shaped token (`credbroker env` reads no signature; it never leaves this machine)."""
+    def b64(obj) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+    return f"{b64({'alg': 'RS256', 'typ': 'JWT'})}.{b64(claims)}.c2lnbmF0dXJl"
+
+
 def sidecar_env_for_local_run(docs: list[dict], clouds: set[str], scratch: Path) -> dict[str, str]:
     """The sidecar's env for running `credbroker env` on this machine: files the pod would get
     from volumes are written under `scratch` (paths the application sees stay as they are)."""
     env = {k: v for k, v in resolve_env(docs, sidecar(docs)).items()
            if not any(k in ENABLING_ENV[c] for c in CLOUDS if c not in clouds)}
-    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDpleGFtcGxlLWFwcCJ9.c2ln"
+    jwt = unsigned_jwt({"iss": "https://kubernetes.default.svc", "iat": int(time.time()),
+                        "exp": int(time.time()) + 3600,
+                        "sub": "system:serviceaccount:default:example-app"})
     scratch.mkdir(parents=True, exist_ok=True)
 
     def local_token(name: str) -> str:
@@ -527,9 +538,8 @@ def sidecar_env_for_local_run(docs: list[dict], clouds: set[str], scratch: Path)
         env["GOOGLE_APPLICATION_CREDENTIALS"] = str(path)
     if "oci" in clouds:
         env["CREDBROKER_OCI_TOKEN_FILE"] = local_token("oci-token")
-        ca = scratch / "ca.crt"
-        ca.write_text("")
-        env["OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH"] = str(ca)
+        # Any well-formed PEM bundle stands in for the cluster CA.
+        env["OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH"] = "/etc/ssl/certs/ca-certificates.crt"
         env["KUBERNETES_SERVICE_HOST"] = "127.0.0.1"  # kubelet sets it; `env` makes no request
     return env
 

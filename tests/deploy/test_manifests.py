@@ -77,8 +77,8 @@ def test_build_validates_strictly(overlay, version):
         validate_strict(doc, version)
 
 
-def test_native_sidecar_needs_129_schema():
-    """The pinned schema really is consulted: 1.28's has no restartPolicy on init containers."""
+def test_native_sidecar_is_rejected_by_older_schema():
+    """The pinned schema really is consulted: 1.27's has no restartPolicy on init containers."""
     deployment = m.one(m.build(overlay_dir("aws")), "Deployment")
     with pytest.raises(AssertionError, match="restartPolicy"):
         validate_strict(deployment, "1.27.0")
