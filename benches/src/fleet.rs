@@ -82,8 +82,8 @@ pub fn simulate(cfg: &FleetConfig) -> FleetResult {
     let outage = cfg
         .outage
         .map(|(a, b)| (a.as_millis() as u64, b.as_millis() as u64));
-    let transient = ExchangeError::transient("ServiceUnavailable", "simulated STS outage")
-        .with_status(503);
+    let transient =
+        ExchangeError::transient("ServiceUnavailable", "simulated STS outage").with_status(503);
 
     let mut pods = vec![
         Pod {
@@ -155,9 +155,7 @@ pub fn simulate(cfg: &FleetConfig) -> FleetResult {
         pods: cfg.pods,
         jitter: cfg.jitter,
         start_window_s: cfg.start_window.as_secs_f64(),
-        outage: cfg
-            .outage
-            .map(|(a, b)| (a.as_secs_f64(), b.as_secs_f64())),
+        outage: cfg.outage.map(|(a, b)| (a.as_secs_f64(), b.as_secs_f64())),
         exchanges,
         failed_exchanges: failed,
         mean_rps: exchanges as f64 / cfg.horizon.as_secs_f64(),
@@ -246,7 +244,10 @@ mod tests {
     #[test]
     fn an_outage_costs_retries_not_credentials() {
         let at = Duration::from_secs(3 * 1800);
-        let r = simulate(&cfg(true, Some((at - Duration::from_secs(60), at + Duration::from_secs(240)))));
+        let r = simulate(&cfg(
+            true,
+            Some((at - Duration::from_secs(60), at + Duration::from_secs(240))),
+        ));
         assert!(r.failed_exchanges > 0);
         assert!(r.outage_peak_rps.is_some());
         assert_eq!(r.pods_ever_without_credential, 0);

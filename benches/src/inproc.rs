@@ -76,7 +76,8 @@ impl InProcess {
     /// `Ok` once every enabled cloud holds a credential it would serve.
     pub fn readiness(&self) -> Result<(), String> {
         for c in &self.started.clouds {
-            c.readiness().map_err(|why| format!("{}: {why}", c.name()))?;
+            c.readiness()
+                .map_err(|why| format!("{}: {why}", c.name()))?;
         }
         Ok(())
     }
@@ -129,7 +130,11 @@ impl InProcess {
     }
 }
 
-fn start_broker(scape: &Cloudscape, clouds: Clouds, dir: &tempfile::TempDir) -> Result<Started, String> {
+fn start_broker(
+    scape: &Cloudscape,
+    clouds: Clouds,
+    dir: &tempfile::TempDir,
+) -> Result<Started, String> {
     let desc = scape.describe();
     let env = Env::from_pairs(sidecar_env(&desc, clouds));
     let mut argv: Vec<String> = ["credbroker", "serve", "--listen", HOST]

@@ -150,8 +150,11 @@ impl Broker {
     pub async fn credentials(&self) -> Result<Credentials, String> {
         let aws_auth = std::fs::read_to_string(&self.aws_auth_file)
             .map_err(|e| format!("{}: {e}", self.aws_auth_file.display()))?;
-        let (status, _, body) =
-            one_request(self.creds, &RequestSpec::imds_session(&self.creds.to_string())).await?;
+        let (status, _, body) = one_request(
+            self.creds,
+            &RequestSpec::imds_session(&self.creds.to_string()),
+        )
+        .await?;
         if status != 200 {
             return Err(format!("IMDSv2 session token: HTTP {status}"));
         }
@@ -162,7 +165,12 @@ impl Broker {
     }
 }
 
-async fn start_floor(self_bin: &Path, dir: &Path, shape: &Shape, tag: &str) -> Result<(Proc, SocketAddr), String> {
+async fn start_floor(
+    self_bin: &Path,
+    dir: &Path,
+    shape: &Shape,
+    tag: &str,
+) -> Result<(Proc, SocketAddr), String> {
     let addr_file = dir.join(format!("floor-{tag}-addr"));
     let _ = std::fs::remove_file(&addr_file);
     let mut cmd = Command::new(self_bin);
@@ -173,7 +181,10 @@ async fn start_floor(self_bin: &Path, dir: &Path, shape: &Shape, tag: &str) -> R
         .arg(&addr_file);
     let mut floor = Proc::spawn("floor", cmd, &dir.join(format!("floor-{tag}.log")))?;
     let text = floor.wait_for_file(&addr_file, Duration::from_secs(10))?;
-    let addr = text.trim().parse().map_err(|e| format!("floor address: {e}"))?;
+    let addr = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("floor address: {e}"))?;
     Ok((floor, addr))
 }
 
@@ -196,7 +207,8 @@ impl LoadSuite {
                 return Err(format!("{}: broker answered HTTP {status}", target.name()));
             }
             let shape = Shape::of(status, &headers, body.len());
-            let (mut floor, faddr) = start_floor(&self.self_bin, dir.path(), &shape, target.name()).await?;
+            let (mut floor, faddr) =
+                start_floor(&self.self_bin, dir.path(), &shape, target.name()).await?;
             let fspec = RequestSpec::for_target(target, &faddr.to_string(), &creds);
             let (fstatus, _, fbody) = one_request(faddr, &fspec).await?;
             if fstatus != 200 || fbody.len() != body.len() {

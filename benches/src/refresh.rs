@@ -208,7 +208,8 @@ fn azure_spec(resource: &str) -> RequestSpec {
 }
 
 /// The broker held nothing valid because STS denied its token; kubelet rotates the token; how
-/// long until a credential from the new token is served? (While a credential is valid, a
+/// long until a credential from the new token is served? The token source waits 20 ms after
+/// the first directory event for kubelet's multi-step swap to finish, then re-reads. (While a credential is valid, a
 /// rotation costs nothing: the next scheduled refresh reads the new file.)
 async fn rotation(samples: usize) -> Result<Rotation, String> {
     let mut broker = InProcess::start_with(Clouds::AWS, |scape| {
@@ -241,11 +242,15 @@ async fn rotation(samples: usize) -> Result<Rotation, String> {
             }
         }
         broker.scape.sts.faults().clear();
+        // Mint first, so the clock starts at the `..data` swap itself.
+        let vol = &broker.scape.aws_token;
+        let new_token = broker.scape.issuer.mint(
+            vol.service_account(),
+            vol.audience(),
+            Duration::from_secs(3600),
+        );
         let t = Instant::now();
-        let new_token = broker
-            .scape
-            .aws_token
-            .rotate()
+        vol.write_raw(new_token.as_bytes())
             .map_err(|e| format!("rotate: {e}"))?;
         broker.wait_ready(Duration::from_secs(10)).await?;
         ms.push(ms_since(t));
@@ -320,7 +325,12 @@ async fn herd(target: Target, clients: usize) -> Result<Herd, String> {
         max_connections: clients + 16,
         ..ServerLimits::default()
     };
-    let server = tokio::spawn(serve(listener, Arc::new(Deferred(router_rx)), limits, stop_rx));
+    let server = tokio::spawn(serve(
+        listener,
+        Arc::new(Deferred(router_rx)),
+        limits,
+        stop_rx,
+    ));
     let mut conns = Vec::with_capacity(clients);
     for _ in 0..clients {
         conns.push(Conn::open(addr).await?);

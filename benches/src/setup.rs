@@ -60,7 +60,10 @@ pub fn sidecar_env(desc: &Value, clouds: Clouds) -> Vec<(String, String)> {
         set("AZURE_CLIENT_ID", s(desc, &["azure", "client_id"]));
         set("AZURE_TENANT_ID", s(desc, &["azure", "tenant_id"]));
         set("AZURE_FEDERATED_TOKEN_FILE", s(desc, &["tokens", "azure"]));
-        set("AZURE_AUTHORITY_HOST", s(desc, &["azure", "authority_host"]));
+        set(
+            "AZURE_AUTHORITY_HOST",
+            s(desc, &["azure", "authority_host"]),
+        );
     }
     env
 }

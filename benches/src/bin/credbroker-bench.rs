@@ -20,7 +20,10 @@ use credbroker_benches::refresh;
 use credbroker_benches::targets::Target;
 
 #[derive(Parser)]
-#[command(name = "credbroker-bench", about = "credbroker's load, refresh-path and fleet benchmarks")]
+#[command(
+    name = "credbroker-bench",
+    about = "credbroker's load, refresh-path and fleet benchmarks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

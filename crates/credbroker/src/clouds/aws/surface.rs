@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::http::guard;
 use crate::http::server::{Resp, json, respond, text};
 use crate::refresh::{Slot, Unavailable};
-use crate::secret::{Secret, constant_time_eq};
+use crate::secret::{Secret, WipedBuf, constant_time_eq};
 use crate::surface::{BoxFuture, Surface};
 use crate::timefmt::format_rfc3339;
 
@@ -65,24 +65,8 @@ struct ImdsBody<'a> {
     expiration: &'a str,
 }
 
-/// Owns a rendered body holding secrets and wipes it when the last `Bytes` clone drops.
-struct Wiped(Vec<u8>);
-
-impl AsRef<[u8]> for Wiped {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Wiped {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.0);
-    }
-}
-
 fn wiped_json<T: Serialize>(value: &T) -> Bytes {
-    // Serialising plain strings cannot fail.
-    Bytes::from_owner(Wiped(serde_json::to_vec(value).unwrap_or_default()))
+    WipedBuf::json(value)
 }
 
 impl AwsCredential {

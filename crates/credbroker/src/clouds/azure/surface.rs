@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Method;
 use http::request::Parts;
 use serde::Serialize;
@@ -18,7 +17,7 @@ use crate::exchange::Exchange;
 use crate::http::guard;
 use crate::http::server::{Resp, json, respond};
 use crate::refresh::{Cache, Issued, Unavailable};
-use crate::secret::{Secret, constant_time_eq};
+use crate::secret::{Secret, WipedBuf, constant_time_eq};
 use crate::surface::{BoxFuture, Surface};
 
 /// How long a request waits for an exchange in flight (typically a resource's first). Entra
@@ -108,14 +107,14 @@ pub fn parse_request(query: Option<&str>, flavor: Flavor) -> Result<TokenRequest
     let mut api_version = None;
     let mut resource = None;
     let mut identity: Option<(IdKind, String)> = None;
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen: Vec<std::borrow::Cow<'_, str>> = Vec::new();
     for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         if seen.iter().any(|s| *s == name) {
             return Err(Reject::bad(format!(
                 "Duplicate query parameter '{name}' is not allowed"
             )));
         }
-        seen.push(name.to_string());
+        seen.push(name.clone());
         match name.as_ref() {
             "api-version" => api_version = Some(value.into_owned()),
             "resource" => resource = Some(value.into_owned()),
@@ -163,21 +162,6 @@ pub fn holds(identity: &Identity, asked: &Option<(IdKind, String)>) -> bool {
     ours.is_some_and(|o| o.eq_ignore_ascii_case(value.trim()))
 }
 
-/// Owns a rendered body holding a token and wipes it when the last `Bytes` clone drops.
-struct Wiped(Vec<u8>);
-
-impl AsRef<[u8]> for Wiped {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Wiped {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.0);
-    }
-}
-
 #[derive(Serialize)]
 struct ImdsBody<'a> {
     access_token: &'a str,
@@ -213,7 +197,7 @@ pub fn render(
     let expires_in = token.expires_on.saturating_sub(now).to_string();
     let expires_on = token.expires_on.to_string();
     let body = match flavor {
-        Flavor::Imds => serde_json::to_vec(&ImdsBody {
+        Flavor::Imds => WipedBuf::json(&ImdsBody {
             access_token: token.access_token.expose(),
             refresh_token: "",
             expires_in,
@@ -223,7 +207,7 @@ pub fn render(
             token_type: "Bearer",
             client_id,
         }),
-        Flavor::AppService => serde_json::to_vec(&AppServiceBody {
+        Flavor::AppService => WipedBuf::json(&AppServiceBody {
             access_token: token.access_token.expose(),
             expires_on,
             expires_in,
@@ -232,8 +216,6 @@ pub fn render(
             client_id,
         }),
     };
-    // Serialising plain strings cannot fail.
-    let body = Bytes::from_owner(Wiped(body.unwrap_or_default()));
     respond(200, "application/json", body)
 }
 

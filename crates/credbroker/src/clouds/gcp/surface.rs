@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Method};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::config::GcpConfig;
@@ -24,7 +25,7 @@ use crate::exchange::Exchange;
 use crate::http::guard;
 use crate::http::server::{Resp, json, respond};
 use crate::refresh::{Cache, Unavailable};
-use crate::secret::Secret;
+use crate::secret::{Secret, WipedBuf};
 use crate::surface::{BoxFuture, Surface};
 use crate::token::TokenSource;
 
@@ -232,23 +233,16 @@ fn unavailable(u: &Unavailable) -> Resp {
     }
 }
 
-/// Owns a rendered token body and wipes it when the last `Bytes` clone drops.
-struct Wiped(Vec<u8>);
-
-impl AsRef<[u8]> for Wiped {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Wiped {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.0);
-    }
-}
-
 fn wiped(bytes: Vec<u8>) -> Bytes {
-    Bytes::from_owner(Wiped(bytes))
+    WipedBuf::bytes(bytes)
+}
+
+/// The token response (reference/gcp.md §2.4).
+#[derive(Serialize)]
+struct TokenBody<'a> {
+    access_token: &'a str,
+    expires_in: u64,
+    token_type: &'a str,
 }
 
 /// The query parameters the server reads (others are ignored, as GCE does).
@@ -357,22 +351,22 @@ where
     }
 
     async fn token(&self, q: &Query) -> Resp {
-        let scopes = match ScopeSet::parse(q.scopes.as_deref()) {
-            Ok(s) => s.unwrap_or_else(|| self.default_scopes.clone()),
+        let asked = match ScopeSet::parse(q.scopes.as_deref()) {
+            Ok(s) => s,
             Err(why) => return error(400, &why),
         };
-        match self.access.get(&scopes, WAIT).await {
+        let scopes = asked.as_ref().unwrap_or(&self.default_scopes);
+        match self.access.get(scopes, WAIT).await {
             Ok(cred) => {
                 // The remaining lifetime now, never 0 (Go rejects 0; the cache never serves
                 // a token with under 5 s left).
                 let expires_in = cred.remaining(tokio::time::Instant::now()).as_secs().max(1);
-                let body = serde_json::to_vec(&json!({
-                    "access_token": cred.value.token.expose(),
-                    "expires_in": expires_in,
-                    "token_type": "Bearer",
-                }))
-                .unwrap_or_default();
-                respond(200, "application/json", wiped(body))
+                let body = WipedBuf::json(&TokenBody {
+                    access_token: cred.value.token.expose(),
+                    expires_in,
+                    token_type: "Bearer",
+                });
+                respond(200, "application/json", body)
             }
             Err(u) => unavailable(&u),
         }
