@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::Method;
 use http::request::Parts;
 use serde::Serialize;
@@ -30,12 +31,36 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub const APP_SERVICE_API_VERSION: &str = "2019-08-01";
 
 /// An Entra access token as cached, one per scope.
-#[derive(Debug)]
 pub struct AzureToken {
     pub access_token: Secret,
     /// Unix seconds.
     pub expires_on: u64,
     pub not_before: u64,
+    /// `access_token` as a JSON string (quoted, escaped), rendered once per token: escaping
+    /// a ~1 KiB token was most of the cost of serving one.
+    access_token_json: Bytes,
+}
+
+impl AzureToken {
+    pub fn new(access_token: Secret, expires_on: u64, not_before: u64) -> Self {
+        let access_token_json = WipedBuf::json(&access_token.expose());
+        AzureToken {
+            access_token,
+            expires_on,
+            not_before,
+            access_token_json,
+        }
+    }
+}
+
+impl std::fmt::Debug for AzureToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureToken")
+            .field("access_token", &self.access_token)
+            .field("expires_on", &self.expires_on)
+            .field("not_before", &self.not_before)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The two protocols differ in parameter names, headers and response keys.
@@ -162,9 +187,9 @@ pub fn holds(identity: &Identity, asked: &Option<(IdKind, String)>) -> bool {
     ours.is_some_and(|o| o.eq_ignore_ascii_case(value.trim()))
 }
 
+/// The IMDS body after `access_token` (which [`render`] splices in first).
 #[derive(Serialize)]
-struct ImdsBody<'a> {
-    access_token: &'a str,
+struct ImdsRest<'a> {
     refresh_token: &'a str,
     expires_in: String,
     expires_on: String,
@@ -174,9 +199,9 @@ struct ImdsBody<'a> {
     client_id: &'a str,
 }
 
+/// The App Service body after `access_token`.
 #[derive(Serialize)]
-struct AppServiceBody<'a> {
-    access_token: &'a str,
+struct AppServiceRest<'a> {
     expires_on: String,
     // Not in the App Service documentation's example, but MSAL Python's VM path and others
     // read it; sending both, consistent, satisfies every parser (reference §2 rule 1).
@@ -196,9 +221,9 @@ pub fn render(
 ) -> Resp {
     let expires_in = token.expires_on.saturating_sub(now).to_string();
     let expires_on = token.expires_on.to_string();
-    let body = match flavor {
-        Flavor::Imds => WipedBuf::json(&ImdsBody {
-            access_token: token.access_token.expose(),
+    // Serialising plain strings cannot fail. `rest` holds no secret.
+    let rest = match flavor {
+        Flavor::Imds => serde_json::to_vec(&ImdsRest {
             refresh_token: "",
             expires_in,
             expires_on,
@@ -207,16 +232,35 @@ pub fn render(
             token_type: "Bearer",
             client_id,
         }),
-        Flavor::AppService => WipedBuf::json(&AppServiceBody {
-            access_token: token.access_token.expose(),
+        Flavor::AppService => serde_json::to_vec(&AppServiceRest {
             expires_on,
             expires_in,
             resource,
             token_type: "Bearer",
             client_id,
         }),
-    };
-    respond(200, "application/json", body)
+    }
+    .unwrap_or_default();
+    respond(
+        200,
+        "application/json",
+        with_access_token(&token.access_token_json, &rest),
+    )
+}
+
+/// `{"access_token":TOKEN,` followed by `rest` without its opening brace, in one buffer of
+/// exactly the final size (wiped on drop: it holds the token).
+fn with_access_token(token_json: &[u8], rest: &[u8]) -> Bytes {
+    const KEY: &[u8] = br#"{"access_token":"#;
+    let rest = rest.strip_prefix(b"{").unwrap_or(rest);
+    let mut buf = Vec::with_capacity(KEY.len() + token_json.len() + 1 + rest.len());
+    buf.extend_from_slice(KEY);
+    buf.extend_from_slice(token_json);
+    if rest != b"}" {
+        buf.push(b',');
+    }
+    buf.extend_from_slice(rest);
+    WipedBuf::bytes(buf)
 }
 
 /// No token: 503 (every SDK retries it) unless Entra denied us for good, then its own 4xx
