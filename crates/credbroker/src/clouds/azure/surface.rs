@@ -134,7 +134,7 @@ pub fn parse_request(query: Option<&str>, flavor: Flavor) -> Result<TokenRequest
     let mut identity: Option<(IdKind, String)> = None;
     let mut seen: Vec<std::borrow::Cow<'_, str>> = Vec::new();
     for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        if seen.iter().any(|s| *s == name) {
+        if seen.contains(&name) {
             return Err(Reject::bad(format!(
                 "Duplicate query parameter '{name}' is not allowed"
             )));
