@@ -270,6 +270,9 @@ async fn rotation(samples: usize) -> Result<Rotation, String> {
     })
 }
 
+/// Counts the upstream exchanges made for the herd's key.
+type UpstreamCount = Box<dyn Fn(&InProcess) -> usize + Send>;
+
 /// Serves whatever router is published, waiting for the first one: lets clients connect
 /// before the broker (and its cold cache) exists.
 struct Deferred(watch::Receiver<Option<Arc<Router>>>);
@@ -336,7 +339,7 @@ async fn herd(target: Target, clients: usize) -> Result<Herd, String> {
         conns.push(Conn::open(addr).await?);
     }
 
-    let (spec, count): (RequestSpec, Box<dyn Fn(&InProcess) -> usize + Send>) = match target {
+    let (spec, count): (RequestSpec, UpstreamCount) = match target {
         Target::GceToken => {
             let scope = "bench-cold-herd";
             let mut spec = gce_spec(scope);
