@@ -235,7 +235,7 @@ def main() -> int:
                 st = s["start_to_ready_ms"]
                 w(f"- clouds {s.get('clouds', 'aws')}: start → `/readyz` 200 median {st['median']} ms "
                   f"(min {st['min']}, max {st['max']}, {s['runs']} runs); idle RSS {s['idle_rss_mib']} MiB.")
-        if binary_bytes is not None:
+        if binary_bytes is not None and args.mode == "full":
             w(f"- release binary (LTO, stripped): {binary_bytes / MIB:.2f} MiB.")
 
     if F:
