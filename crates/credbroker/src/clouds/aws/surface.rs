@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
 
 use super::config::RoleArn;
@@ -183,8 +183,9 @@ pub struct ImdsSurface {
     pub(super) sessions: ImdsSessions,
 }
 
-const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
-const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+// `HeaderName` constants: looking up by `&str` parses the name on every request.
+const TTL_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token-ttl-seconds");
+const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token");
 
 impl ImdsSurface {
     async fn serve(&self, req: &Parts) -> Resp {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Method;
 use http::request::Parts;
+use http::{HeaderName, Method};
 use serde::Serialize;
 
 use super::config::{Identity, check_resource, scope_for};
@@ -347,6 +347,9 @@ pub fn imds_path(path: &str) -> Option<ImdsPath> {
 
 // === impl ImdsSurface ===
 
+/// `HeaderName` constants: looking up by `&str` parses the name on every request.
+const METADATA_HEADER: HeaderName = HeaderName::from_static("metadata");
+
 /// `GET /metadata/identity/oauth2/token` with `Metadata: true` (AZURE_POD_IDENTITY_AUTHORITY_HOST).
 pub struct ImdsSurface<E: Exchange<String, Credential = AzureToken>> {
     pub tokens: Arc<Tokens<E>>,
@@ -379,7 +382,7 @@ impl<E: Exchange<String, Credential = AzureToken>> ImdsSurface<E> {
             return error_body(405, "invalid_request", "use GET");
         }
         // Answered at once, before anything else: SDK probes send no Metadata header.
-        let metadata = req.headers.get("metadata").map(|v| v.as_bytes());
+        let metadata = req.headers.get(METADATA_HEADER).map(|v| v.as_bytes());
         if !metadata.is_some_and(|v| v.eq_ignore_ascii_case(b"true")) {
             return Reject::bad("Required metadata header not specified").render();
         }
@@ -411,7 +414,7 @@ pub struct AppServiceSurface<E: Exchange<String, Credential = AzureToken>> {
     pub header: Option<Secret>,
 }
 
-const IDENTITY_HEADER: &str = "x-identity-header";
+const IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-identity-header");
 
 impl<E: Exchange<String, Credential = AzureToken>> AppServiceSurface<E> {
     async fn serve(&self, req: &Parts) -> Resp {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -34,7 +34,8 @@ use crate::token::TokenSource;
 pub const WAIT: Duration = Duration::from_millis(2200);
 
 const TEXT: &str = "application/text";
-const FLAVOR: &str = "metadata-flavor";
+/// A `HeaderName` constant: looking up or inserting by `&str` parses the name every time.
+const FLAVOR: HeaderName = HeaderName::from_static("metadata-flavor");
 const PREFIX: &str = "/computeMetadata/v1";
 
 /// One entry of the metadata tree.
@@ -245,6 +246,28 @@ struct TokenBody<'a> {
     token_type: &'a str,
 }
 
+/// The token response body in one exactly-sized buffer, wiped on drop. Google access tokens
+/// are URL-safe text that JSON needs no escaping for, so they are copied as they are (the
+/// bytes serde_json would write); anything else goes through serde_json.
+fn token_body(token: &str, expires_in: u64) -> Bytes {
+    if token.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        return WipedBuf::json(&TokenBody {
+            access_token: token,
+            expires_in,
+            token_type: "Bearer",
+        });
+    }
+    const HEAD: &[u8] = br#"{"access_token":""#;
+    const MID: &[u8] = br#"","expires_in":"#;
+    const TAIL: &[u8] = br#","token_type":"Bearer"}"#;
+    let n = expires_in.to_string();
+    let mut buf = Vec::with_capacity(HEAD.len() + token.len() + MID.len() + n.len() + TAIL.len());
+    for part in [HEAD, token.as_bytes(), MID, n.as_bytes(), TAIL] {
+        buf.extend_from_slice(part);
+    }
+    WipedBuf::bytes(buf)
+}
+
 /// The query parameters the server reads (others are ignored, as GCE does).
 #[derive(Default)]
 struct Query {
@@ -361,12 +384,11 @@ where
                 // The remaining lifetime now, never 0 (Go rejects 0; the cache never serves
                 // a token with under 5 s left).
                 let expires_in = cred.remaining(tokio::time::Instant::now()).as_secs().max(1);
-                let body = WipedBuf::json(&TokenBody {
-                    access_token: cred.value.token.expose(),
-                    expires_in,
-                    token_type: "Bearer",
-                });
-                respond(200, "application/json", body)
+                respond(
+                    200,
+                    "application/json",
+                    token_body(cred.value.token.expose(), expires_in),
+                )
             }
             Err(u) => unavailable(&u),
         }
@@ -428,5 +450,29 @@ where
             );
             resp
         })
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+
+    #[test]
+    fn token_body_is_what_serde_json_writes() {
+        for token in [
+            "ya29.a0AfB_byC-x~y",
+            "t\"q",
+            "back\\slash",
+            "tab\there",
+            "ünïcode",
+        ] {
+            let expected = serde_json::to_vec(&TokenBody {
+                access_token: token,
+                expires_in: 3599,
+                token_type: "Bearer",
+            })
+            .unwrap();
+            assert_eq!(&token_body(token, 3599)[..], &expected[..], "{token:?}");
+        }
     }
 }
