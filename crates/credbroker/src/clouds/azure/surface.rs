@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderName, Method};
-use serde::Serialize;
 
 use super::config::{Identity, check_resource, scope_for};
 use crate::clock::Clock;
@@ -187,31 +186,12 @@ pub fn holds(identity: &Identity, asked: &Option<(IdKind, String)>) -> bool {
     ours.is_some_and(|o| o.eq_ignore_ascii_case(value.trim()))
 }
 
-/// The IMDS body after `access_token` (which [`render`] splices in first).
-#[derive(Serialize)]
-struct ImdsRest<'a> {
-    refresh_token: &'a str,
-    expires_in: String,
-    expires_on: String,
-    not_before: String,
-    resource: &'a str,
-    token_type: &'a str,
-    client_id: &'a str,
-}
-
-/// The App Service body after `access_token`.
-#[derive(Serialize)]
-struct AppServiceRest<'a> {
-    expires_on: String,
-    // Not in the App Service documentation's example, but MSAL Python's VM path and others
-    // read it; sending both, consistent, satisfies every parser (reference §2 rule 1).
-    expires_in: String,
-    resource: &'a str,
-    token_type: &'a str,
-    client_id: &'a str,
-}
-
 /// The success body for `flavor`, every value a string. `now` is Unix seconds.
+///
+/// Written straight into one buffer sized so it never grows (a grown buffer would leave an
+/// unwiped copy of the token behind), key order as serde would write the documented shape:
+/// the token's JSON string is pre-rendered per token, numbers are formatted in place, and only
+/// `resource` and `client_id` go through serde_json's string escaping.
 pub fn render(
     flavor: Flavor,
     token: &AzureToken,
@@ -219,48 +199,38 @@ pub fn render(
     client_id: &str,
     now: u64,
 ) -> Resp {
-    let expires_in = token.expires_on.saturating_sub(now).to_string();
-    let expires_on = token.expires_on.to_string();
-    // Serialising plain strings cannot fail. `rest` holds no secret.
-    let rest = match flavor {
-        Flavor::Imds => serde_json::to_vec(&ImdsRest {
-            refresh_token: "",
-            expires_in,
-            expires_on,
-            not_before: token.not_before.to_string(),
-            resource,
-            token_type: "Bearer",
-            client_id,
-        }),
-        Flavor::AppService => serde_json::to_vec(&AppServiceRest {
-            expires_on,
-            expires_in,
-            resource,
-            token_type: "Bearer",
-            client_id,
-        }),
-    }
-    .unwrap_or_default();
-    respond(
-        200,
-        "application/json",
-        with_access_token(&token.access_token_json, &rest),
-    )
-}
-
-/// `{"access_token":TOKEN,` followed by `rest` without its opening brace, in one buffer of
-/// exactly the final size (wiped on drop: it holds the token).
-fn with_access_token(token_json: &[u8], rest: &[u8]) -> Bytes {
-    const KEY: &[u8] = br#"{"access_token":"#;
-    let rest = rest.strip_prefix(b"{").unwrap_or(rest);
-    let mut buf = Vec::with_capacity(KEY.len() + token_json.len() + 1 + rest.len());
-    buf.extend_from_slice(KEY);
-    buf.extend_from_slice(token_json);
-    if rest != b"}" {
-        buf.push(b',');
-    }
-    buf.extend_from_slice(rest);
-    WipedBuf::bytes(buf)
+    use std::io::Write;
+    let expires_in = token.expires_on.saturating_sub(now);
+    // Escaping at most doubles a string without control characters; 6× covers any string.
+    let room = 192 + token.access_token_json.len() + 6 * (resource.len() + client_id.len());
+    let mut buf: Vec<u8> = Vec::with_capacity(room);
+    // Writing to a Vec cannot fail, and serialising a &str cannot either.
+    let _ = (|| -> std::io::Result<()> {
+        buf.extend_from_slice(br#"{"access_token":"#);
+        buf.extend_from_slice(&token.access_token_json);
+        match flavor {
+            Flavor::Imds => write!(
+                buf,
+                r#","refresh_token":"","expires_in":"{expires_in}","expires_on":"{}","not_before":"{}","resource":"#,
+                token.expires_on, token.not_before
+            )?,
+            // `expires_in` is not in the App Service documentation's example, but MSAL
+            // Python's VM path and others read it; sending both, consistent, satisfies every
+            // parser (reference §2 rule 1).
+            Flavor::AppService => write!(
+                buf,
+                r#","expires_on":"{}","expires_in":"{expires_in}","resource":"#,
+                token.expires_on
+            )?,
+        }
+        serde_json::to_writer(&mut buf, resource)?;
+        buf.extend_from_slice(br#","token_type":"Bearer","client_id":"#);
+        serde_json::to_writer(&mut buf, client_id)?;
+        buf.push(b'}');
+        Ok(())
+    })();
+    debug_assert!(buf.len() <= room, "the body outgrew its buffer");
+    respond(200, "application/json", WipedBuf::bytes(buf))
 }
 
 /// No token: 503 (every SDK retries it) unless Entra denied us for good, then its own 4xx
