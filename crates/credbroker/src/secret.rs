@@ -3,7 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use zeroize::Zeroizing;
+use bytes::Bytes;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Secret text: service-account tokens, session tokens, access tokens, shared header values.
 ///
@@ -49,6 +50,65 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
+/// A rendered response body that holds a secret; wiped when the last `Bytes` clone drops.
+pub struct WipedBuf(Vec<u8>);
+
+impl WipedBuf {
+    /// `Bytes` over `buf`, wiped on drop.
+    pub fn bytes(buf: Vec<u8>) -> Bytes {
+        Bytes::from_owner(WipedBuf(buf))
+    }
+
+    /// `value` as JSON in a buffer allocated once at its exact size (serialised twice: a
+    /// growing `Vec` would leave unwiped copies of the secret in the buffers it outgrew).
+    pub fn json<T: serde::Serialize>(value: &T) -> Bytes {
+        let mut counter = ByteCounter(0);
+        // Serialising plain strings and numbers cannot fail.
+        let _ = serde_json::to_writer(&mut counter, value);
+        let mut buf = Vec::with_capacity(counter.0);
+        let _ = serde_json::to_writer(&mut buf, value);
+        Self::bytes(buf)
+    }
+}
+
+impl AsRef<[u8]> for WipedBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for WipedBuf {
+    fn drop(&mut self) {
+        wipe(&mut self.0);
+    }
+}
+
+/// Zeroes `buf` with volatile stores that the compiler cannot elide, a word at a time: bodies
+/// holding tokens are wiped on every request of some surfaces, and `zeroize`'s byte loop
+/// over a 1 KiB body was a visible part of serving one.
+pub fn wipe(buf: &mut [u8]) {
+    // SAFETY: every bit pattern is a valid u64, and `align_to_mut` only hands out the aligned
+    // middle as words, so this is a reinterpretation of initialised bytes.
+    let (head, words, tail) = unsafe { buf.align_to_mut::<u64>() };
+    head.zeroize();
+    words.zeroize();
+    tail.zeroize();
+}
+
+/// A writer that only counts bytes.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +119,17 @@ mod tests {
         assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
         assert_eq!(format!("{s}"), "<redacted>");
         assert_eq!(s.expose(), "AKIA-very-secret");
+    }
+
+    #[test]
+    fn wiped_buffers() {
+        let mut buf: Vec<u8> = (1..=37).collect();
+        wipe(&mut buf[3..]);
+        assert_eq!(&buf[..3], &[1, 2, 3]);
+        assert!(buf[3..].iter().all(|&b| b == 0));
+        let body = WipedBuf::json(&serde_json::json!({"Token": "t\"q", "n": 1}));
+        assert_eq!(&body[..], br#"{"Token":"t\"q","n":1}"#);
+        assert_eq!(&WipedBuf::bytes(b"abc".to_vec())[..], b"abc");
     }
 
     #[test]

@@ -81,11 +81,7 @@ fn google_and_entra_tokens() {
         not_before: SystemTime::now(),
     };
     assert_hidden(&format!("{e:?}"), &[ENTRA]);
-    let a = AzureToken {
-        access_token: Secret::new(ENTRA),
-        expires_on: 1,
-        not_before: 0,
-    };
+    let a = AzureToken::new(Secret::new(ENTRA), 1, 0);
     assert_hidden(&format!("{a:?}"), &[ENTRA]);
 }
 

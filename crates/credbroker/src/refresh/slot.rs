@@ -91,7 +91,10 @@ impl<C> Slot<C> {
 
     /// The held credential if it may be served now. The hot path: one uncontended read lock.
     pub fn current(&self) -> Option<Arc<Issued<C>>> {
-        let now = Instant::now();
+        self.current_at(Instant::now())
+    }
+
+    fn current_at(&self, now: Instant) -> Option<Arc<Issued<C>>> {
         let state = self.state.borrow();
         state
             .cred
@@ -103,8 +106,9 @@ impl<C> Slot<C> {
     /// A servable credential, waiting up to `wait` for an exchange in flight. Never starts a
     /// second exchange: concurrent callers all wait on the slot's one task.
     pub async fn get(&self, wait: Duration) -> Result<Arc<Issued<C>>, Unavailable> {
-        self.touch();
-        if let Some(cred) = self.current() {
+        let now = Instant::now();
+        self.touch(now);
+        if let Some(cred) = self.current_at(now) {
             return Ok(cred);
         }
         let deadline = Instant::now() + wait;
@@ -183,9 +187,13 @@ impl<C> Slot<C> {
         });
     }
 
-    fn touch(&self) {
-        let ms = Instant::now().duration_since(self.epoch).as_millis() as u64;
-        self.last_used_ms.store(ms, Ordering::Relaxed);
+    fn touch(&self, now: Instant) {
+        let ms = now.duration_since(self.epoch).as_millis() as u64;
+        // Readers on every core touch this: write only when the millisecond changed, so the
+        // cache line is not bounced between cores on every request.
+        if self.last_used_ms.load(Ordering::Relaxed) != ms {
+            self.last_used_ms.store(ms, Ordering::Relaxed);
+        }
     }
 
     /// How long since a reader last asked for this credential.

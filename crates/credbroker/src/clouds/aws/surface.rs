@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
 
 use super::config::RoleArn;
@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::http::guard;
 use crate::http::server::{Resp, json, respond, text};
 use crate::refresh::{Slot, Unavailable};
-use crate::secret::{Secret, constant_time_eq};
+use crate::secret::{Secret, WipedBuf, constant_time_eq};
 use crate::surface::{BoxFuture, Surface};
 use crate::timefmt::format_rfc3339;
 
@@ -65,24 +65,8 @@ struct ImdsBody<'a> {
     expiration: &'a str,
 }
 
-/// Owns a rendered body holding secrets and wipes it when the last `Bytes` clone drops.
-struct Wiped(Vec<u8>);
-
-impl AsRef<[u8]> for Wiped {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Wiped {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.0);
-    }
-}
-
 fn wiped_json<T: Serialize>(value: &T) -> Bytes {
-    // Serialising plain strings cannot fail.
-    Bytes::from_owner(Wiped(serde_json::to_vec(value).unwrap_or_default()))
+    WipedBuf::json(value)
 }
 
 impl AwsCredential {
@@ -193,8 +177,9 @@ pub struct ImdsSurface {
     pub(super) sessions: ImdsSessions,
 }
 
-const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
-const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+// `HeaderName` constants: looking up by `&str` parses the name on every request.
+const TTL_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token-ttl-seconds");
+const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token");
 
 impl ImdsSurface {
     async fn serve(&self, req: &Parts) -> Resp {

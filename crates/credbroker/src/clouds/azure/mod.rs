@@ -52,11 +52,7 @@ impl Exchange<String> for AzureExchange {
         let t = self.entra.token(scope).await?;
         Ok(Fresh {
             expires_at: t.expires_on,
-            value: AzureToken {
-                access_token: t.access_token,
-                expires_on: unix(t.expires_on),
-                not_before: unix(t.not_before),
-            },
+            value: AzureToken::new(t.access_token, unix(t.expires_on), unix(t.not_before)),
         })
     }
 }

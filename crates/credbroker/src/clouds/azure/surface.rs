@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Method;
 use http::request::Parts;
-use serde::Serialize;
+use http::{HeaderName, Method};
 
 use super::config::{Identity, check_resource, scope_for};
 use crate::clock::Clock;
@@ -18,7 +17,7 @@ use crate::exchange::Exchange;
 use crate::http::guard;
 use crate::http::server::{Resp, json, respond};
 use crate::refresh::{Cache, Issued, Unavailable};
-use crate::secret::{Secret, constant_time_eq};
+use crate::secret::{Secret, WipedBuf, constant_time_eq};
 use crate::surface::{BoxFuture, Surface};
 
 /// How long a request waits for an exchange in flight (typically a resource's first). Entra
@@ -31,12 +30,36 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub const APP_SERVICE_API_VERSION: &str = "2019-08-01";
 
 /// An Entra access token as cached, one per scope.
-#[derive(Debug)]
 pub struct AzureToken {
     pub access_token: Secret,
     /// Unix seconds.
     pub expires_on: u64,
     pub not_before: u64,
+    /// `access_token` as a JSON string (quoted, escaped), rendered once per token: escaping
+    /// a ~1 KiB token was most of the cost of serving one.
+    access_token_json: Bytes,
+}
+
+impl AzureToken {
+    pub fn new(access_token: Secret, expires_on: u64, not_before: u64) -> Self {
+        let access_token_json = WipedBuf::json(&access_token.expose());
+        AzureToken {
+            access_token,
+            expires_on,
+            not_before,
+            access_token_json,
+        }
+    }
+}
+
+impl std::fmt::Debug for AzureToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureToken")
+            .field("access_token", &self.access_token)
+            .field("expires_on", &self.expires_on)
+            .field("not_before", &self.not_before)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The two protocols differ in parameter names, headers and response keys.
@@ -108,14 +131,14 @@ pub fn parse_request(query: Option<&str>, flavor: Flavor) -> Result<TokenRequest
     let mut api_version = None;
     let mut resource = None;
     let mut identity: Option<(IdKind, String)> = None;
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen: Vec<std::borrow::Cow<'_, str>> = Vec::new();
     for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        if seen.iter().any(|s| *s == name) {
+        if seen.contains(&name) {
             return Err(Reject::bad(format!(
                 "Duplicate query parameter '{name}' is not allowed"
             )));
         }
-        seen.push(name.to_string());
+        seen.push(name.clone());
         match name.as_ref() {
             "api-version" => api_version = Some(value.into_owned()),
             "resource" => resource = Some(value.into_owned()),
@@ -163,46 +186,12 @@ pub fn holds(identity: &Identity, asked: &Option<(IdKind, String)>) -> bool {
     ours.is_some_and(|o| o.eq_ignore_ascii_case(value.trim()))
 }
 
-/// Owns a rendered body holding a token and wipes it when the last `Bytes` clone drops.
-struct Wiped(Vec<u8>);
-
-impl AsRef<[u8]> for Wiped {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Wiped {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.0);
-    }
-}
-
-#[derive(Serialize)]
-struct ImdsBody<'a> {
-    access_token: &'a str,
-    refresh_token: &'a str,
-    expires_in: String,
-    expires_on: String,
-    not_before: String,
-    resource: &'a str,
-    token_type: &'a str,
-    client_id: &'a str,
-}
-
-#[derive(Serialize)]
-struct AppServiceBody<'a> {
-    access_token: &'a str,
-    expires_on: String,
-    // Not in the App Service documentation's example, but MSAL Python's VM path and others
-    // read it; sending both, consistent, satisfies every parser (reference §2 rule 1).
-    expires_in: String,
-    resource: &'a str,
-    token_type: &'a str,
-    client_id: &'a str,
-}
-
 /// The success body for `flavor`, every value a string. `now` is Unix seconds.
+///
+/// Written straight into one buffer sized so it never grows (a grown buffer would leave an
+/// unwiped copy of the token behind), key order as serde would write the documented shape:
+/// the token's JSON string is pre-rendered per token, numbers are formatted in place, and only
+/// `resource` and `client_id` go through serde_json's string escaping.
 pub fn render(
     flavor: Flavor,
     token: &AzureToken,
@@ -210,31 +199,38 @@ pub fn render(
     client_id: &str,
     now: u64,
 ) -> Resp {
-    let expires_in = token.expires_on.saturating_sub(now).to_string();
-    let expires_on = token.expires_on.to_string();
-    let body = match flavor {
-        Flavor::Imds => serde_json::to_vec(&ImdsBody {
-            access_token: token.access_token.expose(),
-            refresh_token: "",
-            expires_in,
-            expires_on,
-            not_before: token.not_before.to_string(),
-            resource,
-            token_type: "Bearer",
-            client_id,
-        }),
-        Flavor::AppService => serde_json::to_vec(&AppServiceBody {
-            access_token: token.access_token.expose(),
-            expires_on,
-            expires_in,
-            resource,
-            token_type: "Bearer",
-            client_id,
-        }),
-    };
-    // Serialising plain strings cannot fail.
-    let body = Bytes::from_owner(Wiped(body.unwrap_or_default()));
-    respond(200, "application/json", body)
+    use std::io::Write;
+    let expires_in = token.expires_on.saturating_sub(now);
+    // Escaping at most doubles a string without control characters; 6× covers any string.
+    let room = 192 + token.access_token_json.len() + 6 * (resource.len() + client_id.len());
+    let mut buf: Vec<u8> = Vec::with_capacity(room);
+    // Writing to a Vec cannot fail, and serialising a &str cannot either.
+    let _ = (|| -> std::io::Result<()> {
+        buf.extend_from_slice(br#"{"access_token":"#);
+        buf.extend_from_slice(&token.access_token_json);
+        match flavor {
+            Flavor::Imds => write!(
+                buf,
+                r#","refresh_token":"","expires_in":"{expires_in}","expires_on":"{}","not_before":"{}","resource":"#,
+                token.expires_on, token.not_before
+            )?,
+            // `expires_in` is not in the App Service documentation's example, but MSAL
+            // Python's VM path and others read it; sending both, consistent, satisfies every
+            // parser (reference §2 rule 1).
+            Flavor::AppService => write!(
+                buf,
+                r#","expires_on":"{}","expires_in":"{expires_in}","resource":"#,
+                token.expires_on
+            )?,
+        }
+        serde_json::to_writer(&mut buf, resource)?;
+        buf.extend_from_slice(br#","token_type":"Bearer","client_id":"#);
+        serde_json::to_writer(&mut buf, client_id)?;
+        buf.push(b'}');
+        Ok(())
+    })();
+    debug_assert!(buf.len() <= room, "the body outgrew its buffer");
+    respond(200, "application/json", WipedBuf::bytes(buf))
 }
 
 /// No token: 503 (every SDK retries it) unless Entra denied us for good, then its own 4xx
@@ -315,6 +311,9 @@ pub fn imds_path(path: &str) -> Option<ImdsPath> {
 
 // === impl ImdsSurface ===
 
+/// `HeaderName` constants: looking up by `&str` parses the name on every request.
+const METADATA_HEADER: HeaderName = HeaderName::from_static("metadata");
+
 /// `GET /metadata/identity/oauth2/token` with `Metadata: true` (AZURE_POD_IDENTITY_AUTHORITY_HOST).
 pub struct ImdsSurface<E: Exchange<String, Credential = AzureToken>> {
     pub tokens: Arc<Tokens<E>>,
@@ -347,7 +346,7 @@ impl<E: Exchange<String, Credential = AzureToken>> ImdsSurface<E> {
             return error_body(405, "invalid_request", "use GET");
         }
         // Answered at once, before anything else: SDK probes send no Metadata header.
-        let metadata = req.headers.get("metadata").map(|v| v.as_bytes());
+        let metadata = req.headers.get(METADATA_HEADER).map(|v| v.as_bytes());
         if !metadata.is_some_and(|v| v.eq_ignore_ascii_case(b"true")) {
             return Reject::bad("Required metadata header not specified").render();
         }
@@ -379,7 +378,7 @@ pub struct AppServiceSurface<E: Exchange<String, Credential = AzureToken>> {
     pub header: Option<Secret>,
 }
 
-const IDENTITY_HEADER: &str = "x-identity-header";
+const IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-identity-header");
 
 impl<E: Exchange<String, Credential = AzureToken>> AppServiceSurface<E> {
     async fn serve(&self, req: &Parts) -> Resp {

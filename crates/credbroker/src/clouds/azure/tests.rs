@@ -10,7 +10,7 @@ use http::request::Parts;
 use parking_lot::Mutex;
 use tokio::time::{Instant, sleep};
 
-use super::surface::{AppServiceSurface, AzureToken, ImdsSurface, Tokens};
+use super::surface::{AppServiceSurface, AzureToken, Flavor, ImdsSurface, Tokens, render};
 use super::*;
 use crate::clock::{Clock, TokioClock};
 use crate::exchange::{Exchange, ExchangeError, Fresh, Retry};
@@ -80,11 +80,11 @@ impl Exchange<String> for Script {
         let now = self.0.clock.wall();
         let expires = now + *self.0.life.lock();
         Ok(Fresh {
-            value: AzureToken {
-                access_token: Secret::new(format!("{scope}#{n}")),
-                expires_on: unix(expires),
-                not_before: unix(now),
-            },
+            value: AzureToken::new(
+                Secret::new(format!("{scope}#{n}")),
+                unix(expires),
+                unix(now),
+            ),
             expires_at: expires,
         })
     }
@@ -737,4 +737,59 @@ mod against_fake_entra {
         // The assertion is never logged by us or echoed back.
         assert!(!e.message.contains(&w.volume.current()));
     }
+}
+
+#[test]
+fn rendered_bodies_splice_the_pre_rendered_token() {
+    let token = AzureToken::new(Secret::new("eyJ0\"x\\y"), 2_000, 1_000);
+    for (flavor, keys) in [
+        (
+            Flavor::Imds,
+            &[
+                "access_token",
+                "refresh_token",
+                "expires_in",
+                "expires_on",
+                "not_before",
+                "resource",
+                "token_type",
+                "client_id",
+            ][..],
+        ),
+        (
+            Flavor::AppService,
+            &[
+                "access_token",
+                "expires_on",
+                "expires_in",
+                "resource",
+                "token_type",
+                "client_id",
+            ][..],
+        ),
+    ] {
+        let resp = render(flavor, &token, "https://a\"b/", "cid", 1_500);
+        let body = futures_body(resp);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("valid JSON");
+        let obj = v.as_object().unwrap();
+        assert_eq!(obj.len(), keys.len(), "{v}");
+        for k in keys {
+            assert!(obj.contains_key(*k), "{k} missing in {v}");
+        }
+        assert_eq!(v["access_token"], "eyJ0\"x\\y");
+        assert_eq!(v["expires_in"], "500");
+        assert_eq!(v["expires_on"], "2000");
+        assert_eq!(v["resource"], "https://a\"b/");
+        assert_eq!(v["client_id"], "cid");
+        // Key order as the SDK documentation shows it: access_token first.
+        assert!(body.starts_with(br#"{"access_token":"eyJ0\"x\\y","#));
+    }
+}
+
+fn futures_body(resp: crate::http::server::Resp) -> bytes::Bytes {
+    use http_body_util::BodyExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(resp.into_body().collect()).unwrap().to_bytes()
 }

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::config::GcpConfig;
@@ -24,7 +25,7 @@ use crate::exchange::Exchange;
 use crate::http::guard;
 use crate::http::server::{Resp, json, respond};
 use crate::refresh::{Cache, Unavailable};
-use crate::secret::Secret;
+use crate::secret::{Secret, WipedBuf};
 use crate::surface::{BoxFuture, Surface};
 use crate::token::TokenSource;
 
@@ -33,7 +34,8 @@ use crate::token::TokenSource;
 pub const WAIT: Duration = Duration::from_millis(2200);
 
 const TEXT: &str = "application/text";
-const FLAVOR: &str = "metadata-flavor";
+/// A `HeaderName` constant: looking up or inserting by `&str` parses the name every time.
+const FLAVOR: HeaderName = HeaderName::from_static("metadata-flavor");
 const PREFIX: &str = "/computeMetadata/v1";
 
 /// One entry of the metadata tree.
@@ -232,23 +234,38 @@ fn unavailable(u: &Unavailable) -> Resp {
     }
 }
 
-/// Owns a rendered token body and wipes it when the last `Bytes` clone drops.
-struct Wiped(Vec<u8>);
-
-impl AsRef<[u8]> for Wiped {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Wiped {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.0);
-    }
-}
-
 fn wiped(bytes: Vec<u8>) -> Bytes {
-    Bytes::from_owner(Wiped(bytes))
+    WipedBuf::bytes(bytes)
+}
+
+/// The token response (reference/gcp.md §2.4).
+#[derive(Serialize)]
+struct TokenBody<'a> {
+    access_token: &'a str,
+    expires_in: u64,
+    token_type: &'a str,
+}
+
+/// The token response body in one exactly-sized buffer, wiped on drop. Google access tokens
+/// are URL-safe text that JSON needs no escaping for, so they are copied as they are (the
+/// bytes serde_json would write); anything else goes through serde_json.
+fn token_body(token: &str, expires_in: u64) -> Bytes {
+    if token.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        return WipedBuf::json(&TokenBody {
+            access_token: token,
+            expires_in,
+            token_type: "Bearer",
+        });
+    }
+    const HEAD: &[u8] = br#"{"access_token":""#;
+    const MID: &[u8] = br#"","expires_in":"#;
+    const TAIL: &[u8] = br#","token_type":"Bearer"}"#;
+    let n = expires_in.to_string();
+    let mut buf = Vec::with_capacity(HEAD.len() + token.len() + MID.len() + n.len() + TAIL.len());
+    for part in [HEAD, token.as_bytes(), MID, n.as_bytes(), TAIL] {
+        buf.extend_from_slice(part);
+    }
+    WipedBuf::bytes(buf)
 }
 
 /// The query parameters the server reads (others are ignored, as GCE does).
@@ -357,22 +374,21 @@ where
     }
 
     async fn token(&self, q: &Query) -> Resp {
-        let scopes = match ScopeSet::parse(q.scopes.as_deref()) {
-            Ok(s) => s.unwrap_or_else(|| self.default_scopes.clone()),
+        let asked = match ScopeSet::parse(q.scopes.as_deref()) {
+            Ok(s) => s,
             Err(why) => return error(400, &why),
         };
-        match self.access.get(&scopes, WAIT).await {
+        let scopes = asked.as_ref().unwrap_or(&self.default_scopes);
+        match self.access.get(scopes, WAIT).await {
             Ok(cred) => {
                 // The remaining lifetime now, never 0 (Go rejects 0; the cache never serves
                 // a token with under 5 s left).
                 let expires_in = cred.remaining(tokio::time::Instant::now()).as_secs().max(1);
-                let body = serde_json::to_vec(&json!({
-                    "access_token": cred.value.token.expose(),
-                    "expires_in": expires_in,
-                    "token_type": "Bearer",
-                }))
-                .unwrap_or_default();
-                respond(200, "application/json", wiped(body))
+                respond(
+                    200,
+                    "application/json",
+                    token_body(cred.value.token.expose(), expires_in),
+                )
             }
             Err(u) => unavailable(&u),
         }
@@ -434,5 +450,29 @@ where
             );
             resp
         })
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+
+    #[test]
+    fn token_body_is_what_serde_json_writes() {
+        for token in [
+            "ya29.a0AfB_byC-x~y",
+            "t\"q",
+            "back\\slash",
+            "tab\there",
+            "ünïcode",
+        ] {
+            let expected = serde_json::to_vec(&TokenBody {
+                access_token: token,
+                expires_in: 3599,
+                token_type: "Bearer",
+            })
+            .unwrap();
+            assert_eq!(&token_body(token, 3599)[..], &expected[..], "{token:?}");
+        }
     }
 }
