@@ -672,12 +672,14 @@ async fn drive(ops: SocketAddr, target: &Target<'_>, kind: &Kind) -> Window {
     let (first_hit, _) = hit.unwrap_or_else(|| panic!("{cloud:?}: the fault {kind:?} never hit"));
     w.first_hit = first_hit;
     tokio::time::sleep(HOLD).await;
+    // Count before clearing: a retry that succeeds just after the clear must count as the
+    // recovery, not be mistaken for history (then the "next" success is a whole refresh later).
+    let at_clear = counters(ops, cloud).await;
     target.clear(kind);
     if let Some(task) = rotation {
         task.abort();
     }
     w.cleared = unix_now();
-    let at_clear = counters(ops, cloud).await;
     if kind.fails() {
         let next = wait_for(ops, cloud, Duration::from_secs(75), |c| {
             c.success > at_clear.success
