@@ -2,6 +2,7 @@
 //! real parameter validation, real JWT verification against an [`Issuer`], a role trust
 //! table, and every documented error code in the real `ErrorResponse` shape.
 
+use crate::http::Running;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
@@ -14,12 +15,11 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::faults::{Fault, Faults};
-use crate::http::{Fake, HttpResponse, ServeOptions, ServerHandle, serve, set_content_type};
+use crate::http::{Fake, HttpResponse, ServeOptions, serve, set_content_type};
 use crate::issuer::{Issuer, VerifyError, peek_claims, random_uuid};
 use crate::timefmt::{iso8601, unix_now, unix_now_f64};
 
@@ -111,42 +111,7 @@ pub struct FakeSts {
 }
 
 /// A running [`FakeSts`]; derefs to it. Dropping it stops the server.
-#[derive(Debug)]
-pub struct FakeStsHandle {
-    sts: Arc<FakeSts>,
-    server: ServerHandle,
-}
-
-impl Deref for FakeStsHandle {
-    type Target = FakeSts;
-    fn deref(&self) -> &FakeSts {
-        &self.sts
-    }
-}
-
-impl FakeStsHandle {
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-
-    /// The STS endpoint, `http://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        self.server.url()
-    }
-
-    /// `http://127.0.0.1:PORT/_fake`.
-    pub fn admin_url(&self) -> String {
-        self.server.admin_url()
-    }
-
-    pub fn sts(&self) -> &Arc<FakeSts> {
-        &self.sts
-    }
-
-    pub async fn shutdown(self) {
-        self.server.shutdown().await;
-    }
-}
+pub type FakeStsHandle = Running<FakeSts>;
 
 /// An STS error: code, message; the HTTP status and fault type follow from the code.
 #[derive(Debug, Clone)]
@@ -297,7 +262,7 @@ impl FakeSts {
     pub async fn start(issuer: Arc<Issuer>, addr: SocketAddr) -> io::Result<FakeStsHandle> {
         let sts = Arc::new(FakeSts::new(issuer));
         let server = serve(sts.clone(), addr, ServeOptions::default()).await?;
-        Ok(FakeStsHandle { sts, server })
+        Ok(Running::new(sts, server))
     }
 
     /// Lets `subject` assume `role_arn` (creating the role if needed). A subject ending in

@@ -6,6 +6,7 @@
 //! JSON shape with the AADSTS codes SDKs and operators see: 70021, 700211, 700213, 700024,
 //! 700016, invalid_scope (70011, 1002012), and 429/5xx on demand through [`Faults`].
 
+use crate::http::Running;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -14,7 +15,6 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -23,7 +23,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::aws::sha256_hex;
 use crate::faults::{Fault, Faults};
-use crate::http::{Fake, HttpResponse, ServeOptions, ServerHandle, serve, set_content_type};
+use crate::http::{Fake, HttpResponse, ServeOptions, serve, set_content_type};
 use crate::issuer::{Issuer, VerifyError, peek_claims, random_uuid};
 use crate::timefmt::{iso8601, unix_now, unix_now_f64};
 
@@ -222,40 +222,12 @@ pub struct FakeEntra {
 }
 
 /// A running [`FakeEntra`]; derefs to it. Dropping it stops the server.
-#[derive(Debug)]
-pub struct FakeEntraHandle {
-    entra: Arc<FakeEntra>,
-    server: ServerHandle,
-}
+pub type FakeEntraHandle = Running<FakeEntra>;
 
-impl Deref for FakeEntraHandle {
-    type Target = FakeEntra;
-    fn deref(&self) -> &FakeEntra {
-        &self.entra
-    }
-}
-
-impl FakeEntraHandle {
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-
-    /// The authority host, `http://127.0.0.1:PORT` (no trailing slash).
-    pub fn url(&self) -> String {
-        self.server.url()
-    }
-
+impl Running<FakeEntra> {
     /// `{url}/{tenant}/oauth2/v2.0/token`.
     pub fn token_url(&self) -> String {
-        format!("{}/{}/oauth2/v2.0/token", self.url(), self.entra.tenant)
-    }
-
-    pub fn admin_url(&self) -> String {
-        self.server.admin_url()
-    }
-
-    pub async fn shutdown(self) {
-        self.server.shutdown().await;
+        format!("{}/{}/oauth2/v2.0/token", self.url(), self.tenant)
     }
 }
 
@@ -289,7 +261,7 @@ impl FakeEntra {
     ) -> io::Result<FakeEntraHandle> {
         let entra = Arc::new(FakeEntra::new(issuer, subject));
         let server = serve(entra.clone(), addr, ServeOptions::default()).await?;
-        Ok(FakeEntraHandle { entra, server })
+        Ok(Running::new(entra, server))
     }
 
     pub fn tenant(&self) -> &str {

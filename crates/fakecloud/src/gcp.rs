@@ -17,6 +17,7 @@
 //! removes a binding; `GET /_fake/log` records every request with the SHA-256 of the subject
 //! token (never the token itself) and the tokens issued.
 
+use crate::http::Running;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
@@ -27,13 +28,12 @@ use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::aws::sha256_hex;
 use crate::faults::{Fault, Faults};
-use crate::http::{Fake, HttpResponse, ServeOptions, ServerHandle, json_response, serve};
+use crate::http::{Fake, HttpResponse, ServeOptions, json_response, serve};
 use crate::issuer::{Issuer, VerifyError, peek_claims};
 use crate::timefmt::{iso8601, unix_now, unix_now_f64};
 
@@ -300,29 +300,9 @@ pub struct FakeGcp {
 }
 
 /// A running [`FakeGcp`]; derefs to it. Dropping it stops the server.
-#[derive(Debug)]
-pub struct FakeGcpHandle {
-    gcp: Arc<FakeGcp>,
-    server: ServerHandle,
-}
+pub type FakeGcpHandle = Running<FakeGcp>;
 
-impl Deref for FakeGcpHandle {
-    type Target = FakeGcp;
-    fn deref(&self) -> &FakeGcp {
-        &self.gcp
-    }
-}
-
-impl FakeGcpHandle {
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-
-    /// `http://127.0.0.1:PORT`, serving both STS and IAM Credentials.
-    pub fn url(&self) -> String {
-        self.server.url()
-    }
-
+impl Running<FakeGcp> {
     /// The STS endpoint (`token_url`).
     pub fn token_url(&self) -> String {
         format!("{}/v1/token", self.url())
@@ -334,14 +314,6 @@ impl FakeGcpHandle {
             "{}/v1/projects/-/serviceAccounts/{email}:generateAccessToken",
             self.url()
         )
-    }
-
-    pub fn admin_url(&self) -> String {
-        self.server.admin_url()
-    }
-
-    pub async fn shutdown(self) {
-        self.server.shutdown().await;
     }
 }
 
@@ -368,7 +340,7 @@ impl FakeGcp {
     pub async fn start(issuer: Arc<Issuer>, addr: SocketAddr) -> io::Result<FakeGcpHandle> {
         let gcp = Arc::new(FakeGcp::new(issuer));
         let server = serve(gcp.clone(), addr, ServeOptions::default()).await?;
-        Ok(FakeGcpHandle { gcp, server })
+        Ok(Running::new(gcp, server))
     }
 
     pub fn project_number(&self) -> &str {

@@ -352,3 +352,47 @@ pub fn set_content_type(resp: &mut HttpResponse, content_type: &str) {
         resp.headers_mut().insert(header::CONTENT_TYPE, v);
     }
 }
+
+/// A fake and the server serving it; derefs to the fake. Dropping it stops the server.
+#[derive(Debug)]
+pub struct Running<F> {
+    fake: Arc<F>,
+    server: ServerHandle,
+}
+
+impl<F> std::ops::Deref for Running<F> {
+    type Target = F;
+    fn deref(&self) -> &F {
+        &self.fake
+    }
+}
+
+impl<F> Running<F> {
+    pub fn new(fake: Arc<F>, server: ServerHandle) -> Self {
+        Running { fake, server }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// `http://127.0.0.1:PORT/_fake`.
+    pub fn admin_url(&self) -> String {
+        self.server.admin_url()
+    }
+
+    /// The shared fake, for tasks that outlive a borrow of the handle.
+    pub fn fake(&self) -> &Arc<F> {
+        &self.fake
+    }
+
+    /// Stops accepting, closes open connections and waits for the accept loop to end.
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
+}

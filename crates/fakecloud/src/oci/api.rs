@@ -7,6 +7,7 @@
 //! Answers: `GET /n` and `/n/` (Object Storage `GetNamespace`) with the namespace as a JSON
 //! string; any other path with a small JSON object naming the authenticated principal.
 
+use crate::http::Running;
 use bytes::Bytes;
 use http::Request;
 use parking_lot::Mutex;
@@ -14,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -28,7 +28,7 @@ use super::{
     error_response, ok_json, sha256_hex,
 };
 use crate::faults::{Fault, Faults};
-use crate::http::{Fake, HttpResponse, ServeOptions, ServerHandle, serve};
+use crate::http::{Fake, HttpResponse, ServeOptions, serve};
 use crate::issuer::{Issuer, VerifyError};
 use crate::timefmt::unix_now_f64;
 
@@ -81,37 +81,7 @@ pub struct FakeOciApi {
 }
 
 /// A running [`FakeOciApi`]; derefs to it. Dropping it stops the server.
-#[derive(Debug)]
-pub struct FakeOciApiHandle {
-    api: Arc<FakeOciApi>,
-    server: ServerHandle,
-}
-
-impl Deref for FakeOciApiHandle {
-    type Target = FakeOciApi;
-    fn deref(&self) -> &FakeOciApi {
-        &self.api
-    }
-}
-
-impl FakeOciApiHandle {
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-
-    /// The service endpoint, `http://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        self.server.url()
-    }
-
-    pub fn admin_url(&self) -> String {
-        self.server.admin_url()
-    }
-
-    pub async fn shutdown(self) {
-        self.server.shutdown().await;
-    }
-}
+pub type FakeOciApiHandle = Running<FakeOciApi>;
 
 impl FakeOciApi {
     /// An API trusting RPSTs signed by `rpst_verifier` (the proxymux's RPST signer).
@@ -131,7 +101,7 @@ impl FakeOciApi {
     ) -> io::Result<FakeOciApiHandle> {
         let api = Arc::new(FakeOciApi::new(rpst_verifier));
         let server = serve(api.clone(), addr, ServeOptions::default()).await?;
-        Ok(FakeOciApiHandle { api, server })
+        Ok(Running::new(api, server))
     }
 
     pub fn faults(&self) -> &Faults {
