@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import (aws_sidecar_env, http, run_json, run_python, sha256, start_broker,
+from conftest import (aws_sidecar_env, http, run_json, run_python, start_broker,
                       app_subprocess_env, wait_for)
 
 FROZEN = """
@@ -38,7 +38,7 @@ def test_env_output_names_the_surfaces_and_forbids_bypass(aws_broker):
     assert env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] == f"{aws_broker.url}/"
     assert env["AWS_REGION"] == "us-east-1"
     assert "AWS_ROLE_ARN" not in env and "AWS_WEB_IDENTITY_TOKEN_FILE" not in env
-    out = subprocess.run([sys.argv[0] if False else str(aws_broker.proc.args[0]), "env", "--listen",
+    out = subprocess.run([str(aws_broker.proc.args[0]), "env", "--listen",
                           aws_broker.creds_addr, *aws_broker.args],
                          env=aws_broker.sidecar_env, capture_output=True, text=True, check=True).stdout
     assert "must NOT be set" in out and "AWS_ROLE_ARN" in out
@@ -141,7 +141,6 @@ def test_token_file_never_logged(fakecloud, aws_broker):
     for record in fakecloud.issued("aws"):
         creds = record["credentials"]
         assert creds["SecretAccessKey"] not in logs and creds["SessionToken"] not in logs
-    assert fakecloud.log("aws")[0]["token_sha256"] in {sha256(token)} or True
 
 
 def test_node_sdk_default_chain_gets_the_issued_credentials(fakecloud, aws_broker, tmp_path):
