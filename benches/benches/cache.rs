@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use credbroker::clock::SystemClock;
+use credbroker::clouds::Cloud;
+use credbroker::clouds::aws::Aws;
 use credbroker::exchange::{Exchange, ExchangeError, Fresh};
 use credbroker::metrics::Metrics;
 use credbroker::refresh::Cache;
@@ -37,13 +39,11 @@ fn contention(c: &mut Criterion) {
         .expect("runtime");
     let key = "arn:aws:iam::123456789012:role/bench".to_string();
     let (cache, slot) = rt.block_on(async {
-        let cache = Cache::new(
-            "bench",
-            Instantly,
-            credbroker::clouds::aws::policy(),
-            Arc::new(SystemClock),
-            Arc::new(Metrics::new()),
-        );
+        let cache = Cache::builder("bench", Instantly)
+            .sdk_window(<Aws as Cloud>::SDK_WINDOW)
+            .clock(Arc::new(SystemClock))
+            .metrics(Arc::new(Metrics::new()))
+            .build();
         let slot = cache.pin(key.clone());
         slot.get(Duration::from_secs(5))
             .await

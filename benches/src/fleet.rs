@@ -11,6 +11,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
+use credbroker::clouds::Cloud;
+use credbroker::clouds::aws::Aws;
 use credbroker::exchange::ExchangeError;
 use credbroker::refresh::Policy;
 use rand::rngs::StdRng;
@@ -173,7 +175,7 @@ pub fn simulate(cfg: &FleetConfig) -> FleetResult {
 /// (a cluster-wide restart: every pod within 10 s), a rollout over 10 minutes, and the mass
 /// start with a 5-minute STS outage at 12:00 — each with and without jitter.
 pub fn scenarios(pods: usize) -> Vec<FleetConfig> {
-    let policy = credbroker::clouds::aws::policy();
+    let policy = Policy::for_sdk_window(<Aws as Cloud>::SDK_WINDOW);
     let day = Duration::from_secs(24 * 3600);
     let noon = Duration::from_secs(12 * 3600);
     let outage = Some((noon, noon + Duration::from_secs(300)));
@@ -213,7 +215,7 @@ mod tests {
             start_window: Duration::from_secs(1),
             jitter,
             outage,
-            policy: credbroker::clouds::aws::policy(),
+            policy: Policy::for_sdk_window(<Aws as Cloud>::SDK_WINDOW),
             seed: 1,
         }
     }

@@ -10,14 +10,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Parser;
 use credbroker::app::{self, Started};
-use credbroker::cli::{Cli, Command};
+use credbroker::cli::{Cli, Command, split_settings};
 use credbroker::config::Env;
 use credbroker::http::server::{Handler, Resp};
 use credbroker::surface::Router;
 use fakecloud::{Cloudscape, CloudscapeOptions};
 use http_body_util::BodyExt;
 
-use crate::setup::{Clouds, serve_flags, sidecar_env};
+use crate::setup::{Clouds, sidecar_env};
 use crate::targets::{Credentials, RequestSpec, Target};
 
 /// `Host` of in-process requests (any loopback address passes the broker's guard).
@@ -49,8 +49,7 @@ impl InProcess {
             .map_err(|e| format!("cannot start the fakes: {e}"))?;
         before(&scape);
         let started = start_broker(&scape, clouds, &dir)?;
-        let surfaces = started.clouds.iter().flat_map(|c| c.surfaces()).collect();
-        let router = Arc::new(Router::new(surfaces, started.metrics.clone()));
+        let router = Arc::new(app::router(&started).map_err(|e| e.to_string())?);
         Ok(InProcess {
             scape,
             started,
@@ -63,19 +62,13 @@ impl InProcess {
     /// Starts another broker (fresh caches, fresh HTTP client) against the same fakes.
     pub fn restart_broker(&mut self) -> Result<(), String> {
         self.started = start_broker(&self.scape, self.clouds, &self.dir)?;
-        let surfaces = self
-            .started
-            .clouds
-            .iter()
-            .flat_map(|c| c.surfaces())
-            .collect();
-        self.router = Arc::new(Router::new(surfaces, self.started.metrics.clone()));
+        self.router = Arc::new(app::router(&self.started).map_err(|e| e.to_string())?);
         Ok(())
     }
 
     /// `Ok` once every enabled cloud holds a credential it would serve.
     pub fn readiness(&self) -> Result<(), String> {
-        for c in &self.started.clouds {
+        for c in self.started.clouds.iter() {
             c.readiness()
                 .map_err(|why| format!("{}: {why}", c.name()))?;
         }
@@ -136,18 +129,19 @@ fn start_broker(
     dir: &tempfile::TempDir,
 ) -> Result<Started, String> {
     let desc = scape.describe();
-    let env = Env::from_pairs(sidecar_env(&desc, clouds));
+    let (env, flags) = split_settings(sidecar_env(&desc, clouds, dir.path()));
     let mut argv: Vec<String> = ["credbroker", "serve", "--listen", HOST]
         .iter()
         .map(|s| s.to_string())
         .collect();
-    argv.extend(serve_flags(clouds, &dir.path().join("aws-auth-token")));
+    argv.extend(flags);
     let cli = Cli::try_parse_from(argv).map_err(|e| format!("serve flags: {e}"))?;
     let Command::Serve(args) = cli.command else {
         return Err("expected the serve subcommand".into());
     };
+    let env = Env::from_pairs(env);
     let configs = app::configure(&args, &env).map_err(|e| e.to_string())?;
-    app::start(&args, configs).map_err(|e| e.to_string())
+    app::start(&args, &env, configs).map_err(|e| e.to_string())
 }
 
 /// Status and body bytes of a response.

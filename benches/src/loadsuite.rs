@@ -14,7 +14,7 @@ use crate::floor::Shape;
 use crate::load::{self, LoadConfig, LoadStats, one_request};
 use crate::procs::{Proc, addr_of};
 use crate::procstat;
-use crate::setup::{Clouds, serve_flags, sidecar_env};
+use crate::setup::{Clouds, sidecar_env};
 use crate::stats::Spread;
 use crate::targets::{Credentials, RequestSpec, Target};
 
@@ -126,12 +126,11 @@ pub async fn start_broker(
     let mut cmd = Command::new(bin);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(sidecar_env(desc, clouds))
+        .envs(sidecar_env(desc, clouds, dir))
         .args(["--log-level", "warn", "serve"])
         .args(["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
         .arg("--addr-file")
-        .arg(&addr_file)
-        .args(serve_flags(clouds, &aws_auth_file));
+        .arg(&addr_file);
     let mut proc_ = Proc::spawn("credbroker", cmd, &dir.join("broker.log"))?;
     let addrs = proc_.wait_for_file(&addr_file, Duration::from_secs(30))?;
     let creds = addr_of(&addrs, "credentials").ok_or("no credentials= in --addr-file")?;

@@ -89,7 +89,7 @@ async fn exchange_costs(samples: usize) -> Result<Vec<ExchangeCost>, String> {
     let broker = InProcess::start(Clouds::ALL).await?;
     broker.wait_ready(Duration::from_secs(20)).await?;
     let http = build_client(
-        tls_config(false, &[]).map_err(|e| e.to_string())?,
+        tls_config(None, &[]).map_err(|e| e.to_string())?,
         &ClientOptions::default(),
     )
     .map_err(|e| e.to_string())?;
@@ -106,6 +106,7 @@ async fn exchange_costs(samples: usize) -> Result<Vec<ExchangeCost>, String> {
         session_name: "bench".into(),
         duration_secs: 3600,
         token,
+        clock: Arc::new(SystemClock),
     };
     let mut out = Vec::new();
     let mut key = 0usize;
@@ -299,16 +300,8 @@ async fn herd(target: Target, clients: usize) -> Result<Herd, String> {
     const LATENCY_MS: u64 = 300;
     let clouds = match target {
         Target::AwsContainer | Target::AwsImds => Clouds::AWS,
-        Target::GceToken => Clouds {
-            aws: false,
-            gcp: true,
-            azure: false,
-        },
-        Target::AzureImds => Clouds {
-            aws: false,
-            gcp: false,
-            azure: true,
-        },
+        Target::GceToken => Clouds::GCP,
+        Target::AzureImds => Clouds::AZURE,
     };
     let mut broker = InProcess::start(clouds).await?;
     broker.wait_ready(Duration::from_secs(20)).await?;

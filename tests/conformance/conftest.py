@@ -167,55 +167,19 @@ class Broker:
         return self.proc.returncode
 
 
-def aws_sidecar_env(fake: FakeCloud) -> dict:
-    """What the EKS pod-identity webhook injects into the sidecar container."""
-    aws = fake.desc["aws"]
-    return {
-        "AWS_ROLE_ARN": aws["role_arn"],
-        "AWS_WEB_IDENTITY_TOKEN_FILE": fake.token_path("aws"),
-        "AWS_ENDPOINT_URL_STS": aws["sts_endpoint"],
-        "AWS_REGION": aws["region"],
-        "AWS_ROLE_SESSION_NAME": "conformance",
-    }
+def sidecar_env(fake: FakeCloud, *clouds: str) -> dict:
+    """The sidecar's environment for `clouds` ("aws", "gcp", "azure", "oci"), as fakecloud
+    describes it (`Cloudscape::sidecar`, the same the demo and the Rust tests use): what each
+    cloud's webhook injects, pointed at the emulators, plus credbroker's settings. `{files}`, the
+    directory the sidecar writes into, is filled in by start_broker."""
+    env = {}
+    for cloud in clouds:
+        env.update(fake.desc["sidecar"][cloud])
+    return env
 
 
-def gcp_sidecar_env(fake: FakeCloud, direct: bool = False) -> dict:
-    """What a workload identity federation setup gives the sidecar: the external_account file
-    (impersonating the demo service account, or `direct` federation without one) and the project."""
-    gcp = fake.desc["gcp"]
-    return {
-        "GOOGLE_APPLICATION_CREDENTIALS": gcp["credentials_file_direct" if direct else "credentials_file"],
-        "GOOGLE_CLOUD_PROJECT": gcp["project_id"],
-    }
-
-
-AZURE_IDENTITY_HEADER = "conformance-identity-header-0123456789"
-
-
-def azure_sidecar_env(fake: FakeCloud) -> dict:
-    """What the Azure Workload Identity webhook injects into the sidecar container, plus the
-    App Service shared header."""
-    az = fake.desc["azure"]
-    return {
-        "AZURE_CLIENT_ID": az["client_id"],
-        "AZURE_TENANT_ID": az["tenant_id"],
-        "AZURE_FEDERATED_TOKEN_FILE": fake.token_path("azure"),
-        "AZURE_AUTHORITY_HOST": az["authority_host"],
-        "CREDBROKER_AZURE_IDENTITY_HEADER": AZURE_IDENTITY_HEADER,
-    }
-
-
-def oci_sidecar_env(fake: FakeCloud) -> dict:
-    """What an OKE pod's sidecar has: kubelet's service variables (proxymux on the API server's
-    address), the cluster CA and the region; the projected token via --oci-token-file's variable."""
-    oci = fake.desc["oci"]
-    return {
-        "OCI_RESOURCE_PRINCIPAL_REGION": oci["region"],
-        "KUBERNETES_SERVICE_HOST": oci["proxymux_host"],
-        "KUBERNETES_SERVICE_PORT_PROXYMUX": str(oci["proxymux_port"]),
-        "OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH": oci["ca_path"],
-        "CREDBROKER_OCI_TOKEN_FILE": fake.token_path("oci"),
-    }
+# fakecloud::sidecar::AZURE_IDENTITY_HEADER, the App Service header the Azure sidecar is given.
+AZURE_IDENTITY_HEADER = "fakecloud-identity-header-0123456789abcdef"
 
 
 def start_broker(workdir: Path, sidecar_env: dict, args: list[str] | None = None,
@@ -223,10 +187,7 @@ def start_broker(workdir: Path, sidecar_env: dict, args: list[str] | None = None
     workdir.mkdir(parents=True, exist_ok=True)
     addr_file = workdir / "addrs"
     args = list(args or [])
-    if not any(a.startswith("--aws-auth-token-file") for a in args) and "AWS_ROLE_ARN" in sidecar_env:
-        args += ["--aws-auth-token-file", str(workdir / "aws-auth-token")]
-    if not any(a.startswith("--oci-output-dir") for a in args) and "OCI_RESOURCE_PRINCIPAL_REGION" in sidecar_env:
-        args += ["--oci-output-dir", str(workdir / "oci")]
+    sidecar_env = {k: v.replace("{files}", str(workdir)) for k, v in sidecar_env.items()}
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), **sidecar_env}
     log_path = workdir / "broker.log"
     proc = subprocess.Popen(
@@ -282,6 +243,6 @@ def fakecloud(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def aws_broker(fakecloud, tmp_path_factory):
-    broker = start_broker(tmp_path_factory.mktemp("broker"), aws_sidecar_env(fakecloud))
+    broker = start_broker(tmp_path_factory.mktemp("broker"), sidecar_env(fakecloud, "aws"))
     yield broker
     broker.stop()

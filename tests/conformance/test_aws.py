@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import (aws_sidecar_env, http, run_json, run_python, start_broker,
+from conftest import (sidecar_env, http, run_json, run_python, start_broker,
                       app_subprocess_env, wait_for)
 
 FROZEN = """
@@ -85,7 +85,7 @@ def test_botocore_sees_a_retryable_5xx_while_sts_is_down(fakecloud, tmp_path):
     fakecloud.fault("aws", kind="status", status=503)  # until cleared
     before = len(fakecloud.log("aws"))
     try:
-        broker = start_broker(tmp_path / "down", aws_sidecar_env(fakecloud), wait_ready=False)
+        broker = start_broker(tmp_path / "down", sidecar_env(fakecloud, "aws"), wait_ready=False)
         try:
             token = wait_for(lambda: (tmp_path / "down" / "aws-auth-token").read_text(), what="auth token")
             status, _, body = wait_for(
@@ -113,7 +113,7 @@ def test_botocore_sees_a_retryable_5xx_while_sts_is_down(fakecloud, tmp_path):
 def test_permanent_denial_is_a_4xx_with_the_upstream_code(fakecloud, tmp_path):
     fakecloud.fault("aws", kind="error", code="AccessDenied")
     try:
-        broker = start_broker(tmp_path / "denied", aws_sidecar_env(fakecloud), wait_ready=False)
+        broker = start_broker(tmp_path / "denied", sidecar_env(fakecloud, "aws"), wait_ready=False)
         try:
             token = wait_for(lambda: (tmp_path / "denied" / "aws-auth-token").read_text(), what="auth token")
             status, _, body = wait_for(
@@ -130,7 +130,7 @@ def test_permanent_denial_is_a_4xx_with_the_upstream_code(fakecloud, tmp_path):
 
 
 def test_sigterm_exits_zero(fakecloud, tmp_path):
-    broker = start_broker(tmp_path / "term", aws_sidecar_env(fakecloud))
+    broker = start_broker(tmp_path / "term", sidecar_env(fakecloud, "aws"))
     assert broker.stop() == 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (AZURE_IDENTITY_HEADER, azure_sidecar_env, http, run_json, run_node_json,
+from conftest import (sidecar_env, AZURE_IDENTITY_HEADER, http, run_json, run_node_json,
                       run_python, start_broker, wait_for)
 
 VAULT = "https://vault.azure.net"
@@ -57,7 +57,7 @@ def only_token_for(fake, scope: str) -> str:
 
 @pytest.fixture(scope="module")
 def azure_broker(fakecloud, tmp_path_factory):
-    broker = start_broker(tmp_path_factory.mktemp("azure-broker"), azure_sidecar_env(fakecloud),
+    broker = start_broker(tmp_path_factory.mktemp("azure-broker"), sidecar_env(fakecloud, "azure"),
                           ["--azure-resources", ",".join(WARM)])
     yield broker
     broker.stop()
@@ -347,7 +347,7 @@ def test_throttling_and_5xx_are_a_retryable_503_with_nothing_cached(fakecloud, a
 def test_fic_mismatch_at_start_is_surfaced_in_readiness(fakecloud, tmp_path):
     fakecloud.fault("azure", kind="error", code="70021")  # until cleared
     try:
-        broker = start_broker(tmp_path / "fic", azure_sidecar_env(fakecloud), wait_ready=False)
+        broker = start_broker(tmp_path / "fic", sidecar_env(fakecloud, "azure"), wait_ready=False)
         try:
             status, _, body = wait_for(
                 lambda: (r := broker.readyz("azure"))[0] == 503 and b"AADSTS70021" in r[2] and r,
@@ -365,7 +365,7 @@ def test_fic_mismatch_at_start_is_surfaced_in_readiness(fakecloud, tmp_path):
 def test_entra_down_at_start_then_back(fakecloud, tmp_path):
     fakecloud.fault("azure", kind="status", status=503)  # until cleared
     try:
-        broker = start_broker(tmp_path / "down", azure_sidecar_env(fakecloud), wait_ready=False)
+        broker = start_broker(tmp_path / "down", sidecar_env(fakecloud, "azure"), wait_ready=False)
         try:
             status, _, body = wait_for(
                 lambda: (r := http("GET", imds_url(broker, MGMT), {"Metadata": "true"}))[0] != 200 and r,

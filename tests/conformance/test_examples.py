@@ -10,16 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (ROOT, aws_sidecar_env, azure_sidecar_env, gcp_sidecar_env, oci_sidecar_env,
-                      app_subprocess_env, start_broker)
+from conftest import (sidecar_env, ROOT, app_subprocess_env, start_broker)
 
 EXAMPLES = ROOT / "examples"
 
 
 @pytest.fixture(scope="module")
 def all_clouds(fakecloud, tmp_path_factory):
-    env = {**aws_sidecar_env(fakecloud), **gcp_sidecar_env(fakecloud), **azure_sidecar_env(fakecloud),
-           **oci_sidecar_env(fakecloud)}
+    env = sidecar_env(fakecloud, "aws", "gcp", "azure", "oci")
     broker = start_broker(tmp_path_factory.mktemp("examples"), env)
     yield broker
     broker.stop()

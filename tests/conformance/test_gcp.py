@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (CREDBROKER, gcp_sidecar_env, http, run_json, run_node_json, run_python, sha256,
+from conftest import (sidecar_env, CREDBROKER, http, run_json, run_node_json, run_python, sha256,
                       start_broker, wait_for)
 
 DEFAULT_SCOPES = ["https://www.googleapis.com/auth/cloud-platform",
@@ -55,7 +55,7 @@ const { GoogleAuth } = require("google-auth-library");
 
 @pytest.fixture(scope="module")
 def gcp_broker(fakecloud, tmp_path_factory):
-    broker = start_broker(tmp_path_factory.mktemp("gcp-broker"), gcp_sidecar_env(fakecloud))
+    broker = start_broker(tmp_path_factory.mktemp("gcp-broker"), sidecar_env(fakecloud, "gcp"))
     yield broker
     broker.stop()
 
@@ -265,7 +265,7 @@ def test_every_answer_within_the_sdk_timeout(fakecloud, gcp_broker):
 def test_503_while_sts_is_down_then_recovery(fakecloud, tmp_path):
     fakecloud.fault("gcp", kind="status", status=503)  # until cleared
     try:
-        broker = start_broker(tmp_path / "down", gcp_sidecar_env(fakecloud), wait_ready=False)
+        broker = start_broker(tmp_path / "down", sidecar_env(fakecloud, "gcp"), wait_ready=False)
         try:
             started = time.monotonic()
             status, headers, body = md(broker, "instance/service-accounts/default/token")
@@ -313,7 +313,9 @@ def test_permanent_denial_is_403_with_the_upstream_reason(fakecloud, gcp_broker,
 # === direct federation ===
 
 def test_direct_federation_serves_the_sts_token_and_no_identity(fakecloud, tmp_path):
-    broker = start_broker(tmp_path / "direct", gcp_sidecar_env(fakecloud, direct=True))
+    direct = {**sidecar_env(fakecloud, "gcp"),
+              "GOOGLE_APPLICATION_CREDENTIALS": fakecloud.desc["gcp"]["credentials_file_direct"]}
+    broker = start_broker(tmp_path / "direct", direct)
     try:
         status, _, body = md(broker, "instance/service-accounts/default/token")
         assert status == 200
@@ -353,7 +355,7 @@ def test_no_token_in_the_logs(fakecloud, gcp_broker):
 
 def test_check_summarises_gcp_without_secrets(fakecloud, tmp_path):
     import os
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), **gcp_sidecar_env(fakecloud)}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), **sidecar_env(fakecloud, "gcp")}
     out = subprocess.run([str(CREDBROKER), "check"], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     line = next(l for l in out.stdout.splitlines() if l.startswith("gcp: "))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import http, oci_sidecar_env, run_json, sha256, start_broker, wait_for
+from conftest import sidecar_env, http, run_json, sha256, start_broker, wait_for
 
 SIGN_AND_CALL = """
 import json, oci, requests
@@ -69,7 +69,7 @@ def set_rpst_lifetime(fake, seconds: int) -> None:
 
 @pytest.fixture(scope="module")
 def oci_broker(fakecloud, tmp_path_factory):
-    broker = start_broker(tmp_path_factory.mktemp("oci-broker"), oci_sidecar_env(fakecloud))
+    broker = start_broker(tmp_path_factory.mktemp("oci-broker"), sidecar_env(fakecloud, "oci"))
     yield broker
     broker.stop()
 
@@ -117,7 +117,7 @@ def test_sdk_resource_principal_signer_is_accepted(fakecloud, oci_broker, tmp_pa
 def test_sdk_recovers_after_rpst_rotation_through_its_401_retry(fakecloud, tmp_path):
     set_rpst_lifetime(fakecloud, 16)
     try:
-        broker = start_broker(tmp_path / "rotating", oci_sidecar_env(fakecloud))
+        broker = start_broker(tmp_path / "rotating", sidecar_env(fakecloud, "oci"))
         try:
             before = len(api_log(fakecloud))
             got = run_json(ACROSS_ROTATION.format(endpoint=api_endpoint(fakecloud)), broker.app_env(), tmp_path)
@@ -146,14 +146,14 @@ def test_sdk_recovers_after_rpst_rotation_through_its_401_retry(fakecloud, tmp_p
 def test_restart_reuses_the_key_file(fakecloud, tmp_path):
     out = tmp_path / "shared-volume"
     args = ["--oci-output-dir", str(out)]
-    broker = start_broker(tmp_path / "first", oci_sidecar_env(fakecloud), args)
+    broker = start_broker(tmp_path / "first", sidecar_env(fakecloud, "oci"), args)
     pem_path = out / "private.pem"
     pem = pem_path.read_text()
     old_rpst = (out / "rpst").read_text()
     assert broker.stop() == 0
     # The files survive the broker; the RPST is still usable by the app meanwhile.
     assert pem_path.read_text() == pem
-    broker = start_broker(tmp_path / "second", oci_sidecar_env(fakecloud), args)
+    broker = start_broker(tmp_path / "second", sidecar_env(fakecloud, "oci"), args)
     try:
         assert pem_path.read_text() == pem
         new_rpst = (out / "rpst").read_text()
@@ -166,7 +166,7 @@ def test_restart_reuses_the_key_file(fakecloud, tmp_path):
 def test_proxymux_403_means_not_ready_with_the_reason(fakecloud, tmp_path):
     fakecloud.fault("oci", kind="status", status=403)  # until cleared
     try:
-        broker = start_broker(tmp_path / "denied", oci_sidecar_env(fakecloud), wait_ready=False)
+        broker = start_broker(tmp_path / "denied", sidecar_env(fakecloud, "oci"), wait_ready=False)
         try:
             status, _, body = wait_for(
                 lambda: (r := broker.readyz("oci"))[0] == 503 and b"enhanced" in r[2] and r,

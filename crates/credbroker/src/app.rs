@@ -9,9 +9,9 @@ use tokio::sync::watch;
 
 use crate::cli::ServeArgs;
 use crate::clock::{Clock, SystemClock};
-use crate::clouds::{self, AppEnv, CloudConfig, CloudRuntime, Shared, TokenSources};
+use crate::clouds::{self, AppEnv, CloudConfig, Runtime, Shared, TokenSources};
 use crate::config::{ConfigError, Env};
-use crate::fsutil::FileMode;
+use crate::fs::FileMode;
 use crate::http::client::{ClientOptions, build_client, load_pem_certs, tls_config};
 use crate::http::server::{ServerLimits, serve as serve_http};
 use crate::metrics::Metrics;
@@ -49,26 +49,27 @@ pub fn configure(args: &ServeArgs, env: &Env) -> Result<Vec<Box<dyn CloudConfig>
     }
     let clouds = clouds::detect(env, &args.clouds)?;
     if clouds.is_empty() {
-        return Err(ConfigError::new(
-            "environment",
-            "no cloud is enabled: set AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE (AWS); GOOGLE_APPLICATION_CREDENTIALS naming an external_account file (GCP); AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE (Azure); OCI_RESOURCE_PRINCIPAL_REGION and --oci-output-dir (OCI)",
-        ));
+        return Err(clouds::none_enabled());
     }
     Ok(clouds)
 }
 
 /// The clouds, started: refreshers running, no listener bound.
 pub struct Started {
-    pub clouds: Vec<Arc<dyn CloudRuntime>>,
+    pub clouds: Arc<[Runtime]>,
     pub metrics: Arc<Metrics>,
 }
 
-pub fn start(args: &ServeArgs, configs: Vec<Box<dyn CloudConfig>>) -> Result<Started, ConfigError> {
+pub fn start(
+    args: &ServeArgs,
+    env: &Env,
+    configs: Vec<Box<dyn CloudConfig>>,
+) -> Result<Started, ConfigError> {
     let extra = match &args.common.upstream_ca_file {
-        Some(path) => load_pem_certs("--upstream-ca-file", path)?,
+        Some(path) => load_pem_certs(env, "--upstream-ca-file", path)?,
         None => Vec::new(),
     };
-    let http = build_client(tls_config(true, &extra)?, &ClientOptions::default())?;
+    let http = build_client(tls_config(Some(env), &extra)?, &ClientOptions::default())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Arc::new(Metrics::new());
     let shared = Shared {
@@ -77,12 +78,16 @@ pub fn start(args: &ServeArgs, configs: Vec<Box<dyn CloudConfig>>) -> Result<Sta
         clock: clock.clone(),
         tokens: TokenSources::new(clock, metrics.clone()),
         file_mode: FileMode::new(args.common.group_readable_files),
+        env: env.clone(),
     };
     let clouds = configs
         .into_iter()
         .map(|c| c.start(&shared))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Started { clouds, metrics })
+    Ok(Started {
+        clouds: clouds.into(),
+        metrics,
+    })
 }
 
 /// Started clouds with both listeners bound; [`Bound::run`] serves them.
@@ -98,7 +103,7 @@ pub struct Bound {
 /// Configures, starts the clouds and binds both listeners (writing `--addr-file` if asked).
 pub async fn bind(args: ServeArgs, env: &Env) -> Result<Bound, AppError> {
     let configs = configure(&args, env)?;
-    let started = start(&args, configs)?;
+    let started = start(&args, env, configs)?;
     let listen = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr)
             .await
@@ -114,7 +119,7 @@ pub async fn bind(args: ServeArgs, env: &Env) -> Result<Bound, AppError> {
         .map_err(|e| AppError::Runtime(e.to_string()))?;
     if let Some(path) = &args.common.addr_file {
         let body = format!("credentials={creds_addr}\nops={ops_addr}\n");
-        crate::fsutil::write_atomic(path, body.as_bytes(), FileMode(0o644)).map_err(|e| {
+        crate::fs::write_atomic(path, body.as_bytes(), FileMode(0o644)).map_err(|e| {
             AppError::Runtime(format!("cannot write --addr-file {}: {e}", path.display()))
         })?;
     }
@@ -130,16 +135,10 @@ pub async fn bind(args: ServeArgs, env: &Env) -> Result<Bound, AppError> {
 
 impl Bound {
     /// Serves until `shutdown` turns true, then drains in-flight requests and returns.
-    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), AppError> {
         let clouds: Vec<&str> = self.started.clouds.iter().map(|c| c.name()).collect();
+        let router = Arc::new(router(&self.started)?);
         tracing::info!(credentials = %self.creds_addr, ops = %self.ops_addr, clouds = ?clouds, "listening");
-        let surfaces = self
-            .started
-            .clouds
-            .iter()
-            .flat_map(|c| c.surfaces())
-            .collect();
-        let router = Arc::new(Router::new(surfaces, self.started.metrics.clone()));
         let ops = Arc::new(Ops {
             clouds: self.started.clouds.clone(),
             metrics: self.started.metrics.clone(),
@@ -159,7 +158,18 @@ impl Bound {
         let ops = tokio::spawn(serve_http(self.ops, ops, ops_limits, shutdown));
         let _ = tokio::join!(creds, ops);
         tracing::info!("stopped");
+        Ok(())
     }
+}
+
+/// The credential listener's router over every started cloud's surfaces.
+pub fn router(started: &Started) -> Result<Router, AppError> {
+    let surfaces = started
+        .clouds
+        .iter()
+        .flat_map(|c| c.surfaces().iter().cloned())
+        .collect();
+    Router::new(surfaces, started.metrics.clone()).map_err(|e| AppError::Runtime(e.to_string()))
 }
 
 /// Runs the sidecar until `shutdown` turns true; drains in-flight requests, then returns.
@@ -168,18 +178,18 @@ pub async fn serve(
     env: Env,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), AppError> {
-    bind(args, &env).await?.run(shutdown).await;
-    Ok(())
+    bind(args, &env).await?.run(shutdown).await
 }
 
 /// `credbroker env`: the application container's environment, as shell `export` lines.
 pub fn env_lines(args: &ServeArgs, env: &Env) -> Result<String, ConfigError> {
     let configs = configure(args, env)?;
-    let envs: Vec<AppEnv> = configs
-        .iter()
-        .map(|c| c.app_env(args.common.listen))
-        .collect();
-    Ok(render_env(&envs))
+    Ok(render_env(&app_envs(&configs, args.common.listen)))
+}
+
+/// Each enabled cloud's application environment for a broker listening on `listen`.
+pub fn app_envs(configs: &[Box<dyn CloudConfig>], listen: SocketAddr) -> Vec<AppEnv> {
+    configs.iter().map(|c| c.app_env(listen)).collect()
 }
 
 pub fn render_env(envs: &[AppEnv]) -> String {
@@ -221,17 +231,15 @@ pub async fn check(
     out: &mut impl std::io::Write,
 ) -> Result<bool, AppError> {
     let configs = configure(&args, &env)?;
-    let started = start(&args, configs)?;
+    let started = start(&args, &env, configs)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     let mut all_ok = true;
-    for cloud in &started.clouds {
+    for cloud in started.clouds.iter() {
         // Wait for the first exchange to finish, one way or the other.
         let summary = loop {
             match cloud.summary() {
                 Ok(s) => break Ok(s),
-                Err(why)
-                    if why.contains("in progress") && tokio::time::Instant::now() < deadline =>
-                {
+                Err(why) if why.is_pending() && tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(why) => break Err(why),

@@ -132,3 +132,21 @@ pub struct DemoArgs {
     #[arg(long, value_name = "SECS")]
     pub exit_after: Option<u64>,
 }
+
+/// Splits variables into the clouds' own and credbroker's `CREDBROKER_<FLAG>` settings, the
+/// latter turned into `--flag value` words by the contract's rule (lower case, `_` to `-`), for
+/// configuring a broker in-process (the demo, benchmarks) as the process environment would.
+pub fn split_settings(vars: Vec<(String, String)>) -> (Vec<(String, String)>, Vec<String>) {
+    let mut env = Vec::new();
+    let mut words = Vec::new();
+    for (name, value) in vars {
+        match name.strip_prefix("CREDBROKER_") {
+            Some(flag) => {
+                words.push(format!("--{}", flag.to_ascii_lowercase().replace('_', "-")));
+                words.push(value);
+            }
+            None => env.push((name, value)),
+        }
+    }
+    (env, words)
+}

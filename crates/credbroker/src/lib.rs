@@ -1,18 +1,20 @@
 //! credbroker: short-lived cloud credentials for Kubernetes workloads, served on loopback in the
 //! clouds' own metadata formats.
 //!
-//! Data flow: [`token`] (the projected service-account token, watched) → [`exchange`] (one
-//! exchanger per cloud, in [`clouds`]) → [`refresh`] (cache and refresher) → the surfaces in
-//! [`clouds`] (HTTP routes via [`surface`], or files) → [`ops`] (health, readiness, metrics).
+//! Data flow (docs/architecture.md): [`token`] (the projected service-account token, watched)
+//! → [`exchange`] (one exchanger per cloud, in [`clouds`]) → [`refresh`] (cache and refresher)
+//! → the surfaces in [`clouds`] (HTTP routes through [`surface`], or files) → [`ops`] (health,
+//! readiness, metrics). [`clouds::CLOUDS`] is the one registry of clouds; [`app`] wires them.
 
 pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod clouds;
 pub mod config;
-pub mod demo;
+#[cfg(feature = "demo")]
+mod demo;
 pub mod exchange;
-pub mod fsutil;
+pub mod fs;
 pub mod http;
 pub mod metrics;
 pub mod ops;
@@ -20,6 +22,8 @@ pub mod refresh;
 mod run;
 pub mod secret;
 pub mod surface;
+#[cfg(test)]
+mod testing;
 pub mod timefmt;
 pub mod token;
 

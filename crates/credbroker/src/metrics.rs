@@ -19,6 +19,10 @@ pub struct ExchangeLabels {
     pub outcome: &'static str,
 }
 
+impl ExchangeLabels {
+    pub const OUTCOMES: [&'static str; 3] = ["success", "transient_error", "permanent_error"];
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CloudLabels {
     pub cloud: &'static str,
@@ -134,6 +138,11 @@ impl Metrics {
         );
         let expiry = Arc::new(ExpiryCollector::default());
         registry.register_collector(Box::new(expiry.clone()));
+        // Known series start at zero, so dashboards and alerts see them before the first event
+        // (Prometheus, "Instrumentation: avoid missing metrics").
+        for outcome in ["valid", "invalid"] {
+            token_reloads.get_or_create_owned(&TokenLabels { outcome });
+        }
         Metrics {
             registry,
             exchanges,
@@ -146,6 +155,24 @@ impl Metrics {
 
     pub fn add_expiry_source(&self, source: std::sync::Weak<dyn ExpirySource>) {
         self.expiry.sources.lock().push(source);
+    }
+
+    /// Creates a cloud's exchange series at zero (every outcome, and the latency histogram).
+    pub fn declare_cloud(&self, cloud: &'static str) {
+        for outcome in ExchangeLabels::OUTCOMES {
+            self.exchanges
+                .get_or_create_owned(&ExchangeLabels { cloud, outcome });
+        }
+        self.exchange_seconds
+            .get_or_create_owned(&CloudLabels { cloud });
+    }
+
+    /// Creates a surface's request series at zero (its `200`, the status that must be there).
+    pub fn declare_surface(&self, surface: &'static str) {
+        self.requests.get_or_create_owned(&RequestLabels {
+            surface,
+            status: 200,
+        });
     }
 
     pub fn request(&self, surface: &'static str, status: u16) {

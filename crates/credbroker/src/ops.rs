@@ -6,12 +6,12 @@ use std::sync::Arc;
 use http::Method;
 use http::request::Parts;
 
-use crate::clouds::CloudRuntime;
+use crate::clouds::Runtime;
 use crate::http::server::{Handler, Resp, respond, text};
 use crate::metrics::Metrics;
 
 pub struct Ops {
-    pub clouds: Vec<Arc<dyn CloudRuntime>>,
+    pub clouds: Arc<[Runtime]>,
     pub metrics: Arc<Metrics>,
 }
 

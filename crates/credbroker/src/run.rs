@@ -28,9 +28,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Serve(args) => app::serve(args, env, shutdown_signal())
                 .await
                 .map(|()| true),
-            Command::Demo(args) => crate::demo::run(args, shutdown_signal())
-                .await
-                .map(|()| true),
+            Command::Demo(args) => demo(args).await.map(|()| true),
             Command::Env(args) => {
                 let lines = app::env_lines(&args, &env)?;
                 print!("{lines}");
@@ -48,6 +46,21 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::from(e.exit_code() as u8)
         }
     }
+}
+
+#[cfg(feature = "demo")]
+async fn demo(args: crate::cli::DemoArgs) -> Result<(), AppError> {
+    crate::demo::run(args, shutdown_signal()).await
+}
+
+/// Without the emulators (the image, the release artefact), the demo says where it lives.
+#[cfg(not(feature = "demo"))]
+async fn demo(_args: crate::cli::DemoArgs) -> Result<(), AppError> {
+    Err(AppError::Config(crate::config::ConfigError::new(
+        "demo",
+        "this build has no emulated clouds (built without the `demo` feature, as the image is); \
+         from a checkout, run `cargo run -p credbroker -- demo`",
+    )))
 }
 
 /// The tracing filter for `--log-level`. Our crates get the level asked for; libraries never log

@@ -1,4 +1,7 @@
-//! The credential listener: routes each request to the cloud surface that claims its path.
+//! The credential listener: routes each request to the cloud surface that claims its path, after
+//! the checks every credential surface needs (the SSRF / DNS-rebinding guard), so no surface can
+//! skip them. Surfaces declare their paths as data; overlapping claims are refused when the
+//! router is built, so two clouds can never both answer a path.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,18 +10,97 @@ use std::sync::{Arc, OnceLock};
 use http::request::Parts;
 use prometheus_client::metrics::counter::Counter;
 
+use crate::http::guard::{self, Refusal};
 use crate::http::server::{Handler, Resp, text};
 use crate::metrics::{Metrics, RequestLabels};
+use crate::refresh::Unavailable;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// One cloud metadata surface: a set of paths and the cloud's exact response shapes.
+/// A path, or a tree of paths, that a surface answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Exactly this path.
+    Exact(&'static str),
+    /// This path and every path under it (`/latest` claims `/latest` and `/latest/…`).
+    Tree(&'static str),
+    /// As [`Claim::Tree`], comparing ASCII letters case-insensitively (Azure's `/metadata`).
+    TreeIgnoreCase(&'static str),
+}
+
+impl Claim {
+    pub fn matches(&self, path: &str) -> bool {
+        match *self {
+            Claim::Exact(p) => path == p,
+            Claim::Tree(root) => under(path, root, false),
+            Claim::TreeIgnoreCase(root) => under(path, root, true),
+        }
+    }
+
+    /// Whether some path is claimed by both.
+    pub fn overlaps(&self, other: &Claim) -> bool {
+        let root = |c: &Claim| match *c {
+            Claim::Exact(p) | Claim::Tree(p) | Claim::TreeIgnoreCase(p) => p,
+        };
+        match (self, other) {
+            (Claim::Exact(a), Claim::Exact(b)) => a == b,
+            (Claim::Exact(a), tree) | (tree, Claim::Exact(a)) => tree.matches(a),
+            (a, b) => a.matches(root(b)) || b.matches(root(a)),
+        }
+    }
+}
+
+/// `path` is `root` or below it, with a `/` at the boundary.
+fn under(path: &str, root: &str, ignore_case: bool) -> bool {
+    let (p, r) = (path.as_bytes(), root.trim_end_matches('/').as_bytes());
+    if p.len() < r.len() {
+        return false;
+    }
+    let head = &p[..r.len()];
+    let same = if ignore_case {
+        head.eq_ignore_ascii_case(r)
+    } else {
+        head == r
+    };
+    same && (p.len() == r.len() || p[r.len()] == b'/')
+}
+
+/// One cloud metadata surface: the paths it claims and the cloud's exact response shapes.
 pub trait Surface: Send + Sync + 'static {
     /// Label for metrics and logs (`aws-container`, `aws-imds`, …).
     fn name(&self) -> &'static str;
-    /// Whether this surface owns `path`.
-    fn claims(&self, path: &str) -> bool;
+    /// The paths this surface answers.
+    fn claims(&self) -> &'static [Claim];
+    /// The guard's refusal (a proxied request, a foreign `Host`) in this cloud's error shape.
+    fn refuse(&self, refusal: Refusal) -> Resp;
+    /// A request the guard let through.
     fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp>;
+}
+
+/// How a cloud answers when no credential can be served. The status follows the one rule every
+/// cloud shares ([`Unavailable::http_status`]: 503 while pending or after a transient failure,
+/// the upstream's 4xx after a permanent denial, else [`ErrorShape::DENIED`]); the body is the
+/// cloud's own error shape.
+pub trait ErrorShape {
+    /// The status of a permanent denial that came without an upstream 4xx.
+    const DENIED: u16;
+    /// The body (and headers) for `why`, with the status the rule chose.
+    fn no_credential(status: u16, why: &Unavailable) -> Resp;
+}
+
+/// The answer to a credential request for which `why` says none can be served.
+pub fn no_credential<S: ErrorShape>(why: &Unavailable) -> Resp {
+    S::no_credential(why.http_status(S::DENIED), why)
+}
+
+/// Two surfaces claim a common path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("surfaces {first} ({first_claim:?}) and {second} ({second_claim:?}) claim the same paths")]
+pub struct ClaimConflict {
+    pub first: &'static str,
+    pub first_claim: Claim,
+    pub second: &'static str,
+    pub second_claim: Claim,
 }
 
 pub struct Router {
@@ -30,13 +112,34 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(surfaces: Vec<Arc<dyn Surface>>, metrics: Arc<Metrics>) -> Self {
+    /// A router over `surfaces`; refused when two of them claim a common path.
+    pub fn new(
+        surfaces: Vec<Arc<dyn Surface>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ClaimConflict> {
+        for (i, a) in surfaces.iter().enumerate() {
+            for b in &surfaces[i + 1..] {
+                for ca in a.claims() {
+                    if let Some(cb) = b.claims().iter().find(|cb| ca.overlaps(cb)) {
+                        return Err(ClaimConflict {
+                            first: a.name(),
+                            first_claim: *ca,
+                            second: b.name(),
+                            second_claim: *cb,
+                        });
+                    }
+                }
+            }
+        }
+        for s in &surfaces {
+            metrics.declare_surface(s.name());
+        }
         let ok_counters = surfaces.iter().map(|_| OnceLock::new()).collect();
-        Router {
+        Ok(Router {
             surfaces,
             ok_counters,
             metrics,
-        }
+        })
     }
 
     pub async fn route(&self, req: &Parts) -> (&'static str, Resp) {
@@ -46,10 +149,18 @@ impl Router {
 
     async fn dispatch(&self, req: &Parts) -> (Option<usize>, &'static str, Resp) {
         let path = req.uri.path();
-        match self.surfaces.iter().position(|s| s.claims(path)) {
+        let found = self
+            .surfaces
+            .iter()
+            .position(|s| s.claims().iter().any(|c| c.matches(path)));
+        match found {
             Some(i) => {
                 let surface = &self.surfaces[i];
-                (Some(i), surface.name(), surface.handle(req).await)
+                let resp = match guard::check(req) {
+                    Ok(()) => surface.handle(req).await,
+                    Err(refusal) => surface.refuse(refusal),
+                };
+                (Some(i), surface.name(), resp)
             }
             None => (None, "none", text(404, "Not Found\n")),
         }
@@ -82,16 +193,21 @@ impl Handler for Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::parts;
 
-    struct Fixed;
+    struct Fixed(&'static [Claim]);
 
     impl Surface for Fixed {
         fn name(&self) -> &'static str {
             "fixed"
         }
 
-        fn claims(&self, path: &str) -> bool {
-            path.starts_with("/ok") || path == "/teapot"
+        fn claims(&self) -> &'static [Claim] {
+            self.0
+        }
+
+        fn refuse(&self, refusal: Refusal) -> Resp {
+            text(451, refusal.message())
         }
 
         fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {
@@ -104,24 +220,20 @@ mod tests {
         }
     }
 
-    fn parts(path: &str) -> Parts {
-        http::Request::builder()
-            .uri(path)
-            .body(())
-            .unwrap()
-            .into_parts()
-            .0
-    }
+    const OK: &[Claim] = &[Claim::Tree("/ok"), Claim::Exact("/teapot")];
 
     #[tokio::test]
     async fn counts_requests_per_surface_and_status() {
         let metrics = Arc::new(Metrics::new());
-        let router = Router::new(vec![Arc::new(Fixed)], metrics.clone());
+        let router = Router::new(vec![Arc::new(Fixed(OK))], metrics.clone()).unwrap();
         for _ in 0..3 {
-            assert_eq!(router.call(parts("/ok")).await.status(), 200);
+            assert_eq!(router.call(parts("GET", "/ok", &[])).await.status(), 200);
         }
-        assert_eq!(router.call(parts("/teapot")).await.status(), 418);
-        assert_eq!(router.call(parts("/nope")).await.status(), 404);
+        assert_eq!(
+            router.call(parts("GET", "/teapot", &[])).await.status(),
+            418
+        );
+        assert_eq!(router.call(parts("GET", "/nope", &[])).await.status(), 404);
         let text = metrics.render();
         for line in [
             r#"credbroker_requests_total{surface="fixed",status="200"} 3"#,
@@ -129,6 +241,58 @@ mod tests {
             r#"credbroker_requests_total{surface="none",status="404"} 1"#,
         ] {
             assert!(text.contains(line), "{line} in {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_guard_runs_for_every_surface_before_it_is_called() {
+        let router = Router::new(vec![Arc::new(Fixed(OK))], Arc::new(Metrics::new())).unwrap();
+        for headers in [
+            &[("x-forwarded-for", "10.0.0.1")][..],
+            &[("host", "evil.example.com")][..],
+        ] {
+            let resp = router.call(parts("GET", "/ok/x", headers)).await;
+            assert_eq!(resp.status(), 451, "{headers:?}");
+        }
+        assert_eq!(router.call(parts("GET", "/ok/x", &[])).await.status(), 200);
+    }
+
+    #[test]
+    fn claims_match_whole_segments() {
+        let tree = Claim::Tree("/latest");
+        assert!(tree.matches("/latest") && tree.matches("/latest/") && tree.matches("/latest/a"));
+        assert!(!tree.matches("/latestx") && !tree.matches("/LATEST/a"));
+        let icase = Claim::TreeIgnoreCase("/metadata");
+        assert!(icase.matches("/METADATA/identity") && icase.matches("/metadata"));
+        assert!(!icase.matches("/metadatax"));
+        assert!(Claim::Exact("/").matches("/") && !Claim::Exact("/").matches("/x"));
+    }
+
+    #[test]
+    fn overlapping_claims_are_refused_when_the_router_is_built() {
+        let cases: &[(&'static [Claim], &'static [Claim], bool)] = &[
+            (&[Claim::Exact("/a")], &[Claim::Exact("/a")], true),
+            (&[Claim::Exact("/a")], &[Claim::Exact("/b")], false),
+            (&[Claim::Tree("/a")], &[Claim::Exact("/a/b")], true),
+            (&[Claim::Tree("/a")], &[Claim::Tree("/a/b")], true),
+            (&[Claim::Tree("/a")], &[Claim::Tree("/ab")], false),
+            (
+                &[Claim::TreeIgnoreCase("/Meta")],
+                &[Claim::Tree("/meta/x")],
+                true,
+            ),
+            (
+                &[Claim::Exact("/")],
+                &[Claim::Tree("/computeMetadata")],
+                false,
+            ),
+        ];
+        for (a, b, conflict) in cases {
+            let built = Router::new(
+                vec![Arc::new(Fixed(a)), Arc::new(Fixed(b))],
+                Arc::new(Metrics::new()),
+            );
+            assert_eq!(built.is_err(), *conflict, "{a:?} vs {b:?}");
         }
     }
 }

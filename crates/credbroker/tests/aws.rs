@@ -22,7 +22,9 @@ fn latest_issued(scape: &fakecloud::Cloudscape) -> fakecloud::aws::IssuedCredent
 async fn container_endpoint_serves_exactly_what_sts_issued() {
     let dir = tempfile::tempdir().unwrap();
     let scape = cloudscape(dir.path()).await;
-    let broker = Broker::start(&dir.path().join("b"), &aws_env(&scape), &[]).await;
+    let mut env = sidecar(&scape, &["aws"]);
+    env.push(("AWS_ROLE_SESSION_NAME".into(), "itest".into()));
+    let broker = Broker::start(&dir.path().join("b"), &env, &[]).await;
     broker.wait_ready().await;
     let auth = broker.auth_token();
     assert_eq!(auth.len(), 43, "32 random bytes, base64url");
@@ -52,7 +54,7 @@ async fn container_endpoint_serves_exactly_what_sts_issued() {
 async fn container_endpoint_rules() {
     let dir = tempfile::tempdir().unwrap();
     let scape = cloudscape(dir.path()).await;
-    let broker = Broker::start(&dir.path().join("b"), &aws_env(&scape), &[]).await;
+    let broker = Broker::start(&dir.path().join("b"), &sidecar(&scape, &["aws"]), &[]).await;
     broker.wait_ready().await;
     let auth = broker.auth_token();
     let a = broker.creds;
@@ -94,7 +96,7 @@ async fn container_endpoint_rules() {
 async fn imdsv2_rules_and_shapes() {
     let dir = tempfile::tempdir().unwrap();
     let scape = cloudscape(dir.path()).await;
-    let broker = Broker::start(&dir.path().join("b"), &aws_env(&scape), &[]).await;
+    let broker = Broker::start(&dir.path().join("b"), &sidecar(&scape, &["aws"]), &[]).await;
     broker.wait_ready().await;
     let a = broker.creds;
     const TTL: &str = "X-aws-ec2-metadata-token-ttl-seconds";
@@ -223,7 +225,7 @@ async fn rotation_next_exchange_uses_the_new_token() {
     let dir = tempfile::tempdir().unwrap();
     let scape = cloudscape(dir.path()).await;
     scape.sts.set_issued_lifetime(Some(Duration::from_secs(12)));
-    let broker = Broker::start(&dir.path().join("b"), &aws_env(&scape), &[]).await;
+    let broker = Broker::start(&dir.path().join("b"), &sidecar(&scape, &["aws"]), &[]).await;
     broker.wait_ready().await;
     for round in 1..=3 {
         let seen = scape.sts.log().len();
@@ -266,7 +268,7 @@ async fn stale_while_upstream_fails_and_bad_token_files_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let scape = cloudscape(dir.path()).await;
     scape.sts.set_issued_lifetime(Some(Duration::from_secs(20)));
-    let broker = Broker::start(&dir.path().join("b"), &aws_env(&scape), &[]).await;
+    let broker = Broker::start(&dir.path().join("b"), &sidecar(&scape, &["aws"]), &[]).await;
     broker.wait_ready().await;
     let auth = broker.auth_token();
     let first = latest_issued(&scape);
@@ -314,7 +316,7 @@ async fn readiness_reports_the_upstream_reason_and_metrics_count() {
         code: "AccessDenied".into(),
         count: None,
     });
-    let broker = Broker::start(&dir.path().join("b"), &aws_env(&scape), &[]).await;
+    let broker = Broker::start(&dir.path().join("b"), &sidecar(&scape, &["aws"]), &[]).await;
     wait_until(Duration::from_secs(10), || async {
         get(broker.ops, "/readyz", &[])
             .await
@@ -355,7 +357,7 @@ async fn readiness_reports_the_upstream_reason_and_metrics_count() {
 async fn sigterm_drains_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let scape = cloudscape(dir.path()).await;
-    let mut broker = Broker::start(&dir.path().join("b"), &aws_env(&scape), &[]).await;
+    let mut broker = Broker::start(&dir.path().join("b"), &sidecar(&scape, &["aws"]), &[]).await;
     broker.wait_ready().await;
     let started = std::time::Instant::now();
     assert_eq!(broker.terminate(), Some(0));

@@ -115,7 +115,7 @@ async fn env_prints_the_app_environment_and_the_forbidden_variables() {
     let dir = tempfile::tempdir().unwrap();
     let scape = cloudscape(dir.path()).await;
     let auth = dir.path().join("auth");
-    let env = aws_env(&scape);
+    let env = sidecar(&scape, &["aws"]);
     let (code, out, err) = run(
         &env,
         &[
@@ -150,7 +150,8 @@ async fn env_prints_the_app_environment_and_the_forbidden_variables() {
 async fn check_summarises_and_fails_on_denial() {
     let dir = tempfile::tempdir().unwrap();
     let scape = cloudscape(dir.path()).await;
-    let env = aws_env(&scape);
+    let mut env = sidecar(&scape, &["aws"]);
+    env.push(("AWS_ROLE_SESSION_NAME".into(), "itest".into()));
     let auth = dir.path().join("auth");
     let args: Vec<String> = vec![
         "check".into(),

@@ -475,7 +475,7 @@ async fn load(
     mut stop: watch::Receiver<bool>,
 ) -> Vec<Sample> {
     let client = build_client(
-        tls_config(false, &[]).unwrap(),
+        tls_config(None, &[]).unwrap(),
         &ClientOptions {
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(6),
@@ -738,7 +738,7 @@ async fn run_scenario(name: &'static str, kind: Kind, certs: Arc<Certs>, root: &
     let proxymux_front = Front::start(scape.proxymux.addr(), &certs, false).await;
 
     // Every upstream through its front, over TLS.
-    let mut env = all_env(&scape);
+    let mut env = all_clouds(&scape);
     let set = |env: &mut Vec<(String, String)>, k: &str, v: String| {
         env.retain(|(name, _)| name != k);
         env.push((k.to_string(), v));

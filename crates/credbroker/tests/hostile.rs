@@ -167,7 +167,7 @@ fn secrets_in(body: &str) -> Vec<String> {
 }
 
 async fn ready_broker(dir: &std::path::Path, scape: &Cloudscape, extra: &[&str]) -> Broker {
-    let broker = Broker::start(&dir.join("b"), &all_env(scape), extra).await;
+    let broker = Broker::start(&dir.join("b"), &all_clouds(scape), extra).await;
     broker.wait_ready().await;
     broker
 }

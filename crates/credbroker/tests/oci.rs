@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use credbroker::clock::{Clock, SystemClock};
 use credbroker::clouds::oci::{Flags, OciConfig, OciRuntime};
-use credbroker::clouds::{CloudRuntime, Shared, TokenSources};
+use credbroker::clouds::{Shared, TokenSources};
 use credbroker::config::Env;
 use credbroker::exchange::{ExchangeError, Retry};
-use credbroker::fsutil::FileMode;
+use credbroker::fs::FileMode;
 use credbroker::http::client::{ClientOptions, build_client, tls_config};
 use credbroker::metrics::Metrics;
 use fakecloud::oci::signing::RequestSigner;
@@ -58,7 +58,7 @@ impl World {
         ])
     }
 
-    fn start_with(&self, env: &Env, mode: FileMode) -> Arc<OciRuntime> {
+    fn start_with(&self, env: &Env, mode: FileMode) -> OciRuntime {
         let flags = Flags {
             oci_output_dir: Some(self.out.clone()),
             oci_token_file: self.scape.oci_token.path(),
@@ -67,7 +67,7 @@ impl World {
         config.start_runtime(&shared(mode)).unwrap()
     }
 
-    fn start(&self) -> Arc<OciRuntime> {
+    fn start(&self) -> OciRuntime {
         self.start_with(&self.env(), FileMode::new(false))
     }
 
@@ -84,11 +84,12 @@ fn shared(mode: FileMode) -> Shared {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Arc::new(Metrics::new());
     Shared {
-        http: build_client(tls_config(false, &[]).unwrap(), &ClientOptions::default()).unwrap(),
+        http: build_client(tls_config(None, &[]).unwrap(), &ClientOptions::default()).unwrap(),
         metrics: metrics.clone(),
         clock: clock.clone(),
         tokens: TokenSources::new(clock, metrics),
         file_mode: mode,
+        env: Env::default(),
     }
 }
 
@@ -175,7 +176,7 @@ async fn writes_files_the_oci_api_accepts() {
 
     // A deleted file makes the cloud not ready (the writer's 30 s backstop restores it).
     std::fs::remove_file(w.out.join("rpst")).unwrap();
-    let why = rt.readiness().unwrap_err();
+    let why = rt.readiness().unwrap_err().to_string();
     assert!(why.contains("rpst"), "{why}");
 }
 
@@ -266,7 +267,7 @@ async fn proxymux_403_says_the_cluster_must_be_enhanced() {
         "{err}"
     );
     assert!(err.message.contains("type must be enhanced"), "{err}");
-    let why = rt.readiness().unwrap_err();
+    let why = rt.readiness().unwrap_err().to_string();
     assert!(why.contains("enhanced cluster"), "{why}");
     assert!(!w.out.join("rpst").exists());
 }
@@ -356,6 +357,6 @@ async fn an_rpst_for_another_key_is_refused_and_not_written() {
     assert!(err.message.contains(rt.key().fingerprint()));
     assert!(!w.out.join("rpst").exists());
     assert!(w.out.join("private.pem").exists());
-    let why = rt.readiness().unwrap_err();
+    let why = rt.readiness().unwrap_err().to_string();
     assert!(why.contains("RpstKeyMismatch"), "{why}");
 }

@@ -176,7 +176,7 @@ async fn no_secret_in_any_output_at_trace_level() {
     scape.proxymux.set_rpst_lifetime(Duration::from_secs(12));
     let mut seen = Seen::default();
     seen.tokens(&scape);
-    let env = all_env(&scape);
+    let env = all_clouds(&scape);
     let broker = Broker::start_at_level(&dir.path().join("b"), &env, &[], "trace").await;
     broker.wait_ready().await;
     seen.secret(broker.auth_token());
@@ -323,8 +323,7 @@ async fn files_holding_secrets_are_private() {
         ("private", &[][..], 0o600),
         ("group", &["--group-readable-files"][..], 0o640),
     ] {
-        let mut env = aws_env(&scape);
-        env.extend(oci_env(&scape));
+        let env = sidecar(&scape, &["aws", "oci"]);
         let broker = Broker::start(&dir.path().join(sub), &env, extra).await;
         broker.wait_ready().await;
         for file in ["aws-auth-token", "oci/rpst", "oci/private.pem"] {

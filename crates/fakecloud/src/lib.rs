@@ -7,7 +7,8 @@
 //! - [`gcp`]: a faithful fake of Google STS and IAM Credentials.
 //! - [`azure`]: a faithful fake of the Entra ID token endpoint (client-assertion grant).
 //! - [`oci`]: OKE proxymux (HTTPS, generated CA) and a signature-verifying OCI API.
-//! - [`Cloudscape`]: all of the above started together.
+//! - [`Cloudscape`]: all of the above started together, and ([`sidecar`]) the environment a
+//!   credbroker sidecar gets to use any set of them.
 
 pub mod aws;
 pub mod azure;
@@ -18,6 +19,7 @@ pub mod issuer;
 pub mod kubelet;
 pub mod oci;
 pub mod oidc;
+pub mod sidecar;
 mod timefmt;
 
 use serde_json::json;
@@ -293,6 +295,20 @@ impl Cloudscape {
                 "endpoint": self.oci_api.url(),
                 "admin": self.oci_api.admin_url(),
             },
+            // Per cloud, the sidecar's environment (`Cloudscape::sidecar`); `{files}` stands
+            // for the directory the sidecar writes its files in.
+            "sidecar": sidecar::CLOUDS
+                .iter()
+                .map(|c| {
+                    let env: serde_json::Map<String, serde_json::Value> = self
+                        .sidecar_for(c, "{files}")
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, serde_json::Value::String(v)))
+                        .collect();
+                    (c.to_string(), serde_json::Value::Object(env))
+                })
+                .collect::<serde_json::Map<_, _>>(),
         })
     }
 

@@ -10,7 +10,8 @@ use reqwest::Url;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use crate::config::ConfigError;
+use crate::clock::Clock;
+use crate::config::{ConfigError, Env};
 use crate::exchange::ExchangeError;
 
 /// Upstream answers are a few KiB; a megabyte is already suspicious.
@@ -33,12 +34,16 @@ impl Default for ClientOptions {
     }
 }
 
-/// Reads PEM certificates from `path`.
+/// CA bundles are a few hundred KiB (Debian's is ~220 KiB); refuse anything absurd.
+const MAX_BUNDLE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads PEM certificates from `path`, through the configuration's file system.
 pub fn load_pem_certs(
+    env: &Env,
     subject: &str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|e| {
+    let bytes = env.fs().read(path, MAX_BUNDLE_BYTES).map_err(|e| {
         ConfigError::new(
             subject,
             format!("cannot read {}: {}", path.display(), e.kind()),
@@ -61,14 +66,15 @@ pub fn load_pem_certs(
     Ok(certs)
 }
 
-/// A rustls client configuration trusting exactly `roots` (plus the system store if asked).
+/// A rustls client configuration trusting exactly `extra`, plus the system's roots when
+/// `system` gives the environment to find them in.
 pub fn tls_config(
-    system_roots: bool,
+    system: Option<&Env>,
     extra: &[CertificateDer<'static>],
 ) -> Result<rustls::ClientConfig, ConfigError> {
     let mut roots = rustls::RootCertStore::empty();
-    if system_roots {
-        let (added, _ignored) = roots.add_parsable_certificates(system_certs());
+    if let Some(env) = system {
+        let (added, _ignored) = roots.add_parsable_certificates(system_certs(env));
         if added == 0 {
             tracing::warn!("no system CA certificates found; only --upstream-ca-file is trusted");
         }
@@ -98,13 +104,13 @@ const BUNDLES: &[&str] = &[
 /// The system's trusted roots. One bundle file when there is one (`SSL_CERT_FILE` first): reading
 /// the hashed certificate directory as well, as `rustls-native-certs` does, parses every root twice
 /// and opens ~300 files, which was most of the start-up time.
-fn system_certs() -> Vec<CertificateDer<'static>> {
-    let from_env = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
+fn system_certs(env: &Env) -> Vec<CertificateDer<'static>> {
+    let from_env = env.get("SSL_CERT_FILE").map(std::path::PathBuf::from);
     let bundle = from_env
         .into_iter()
         .chain(BUNDLES.iter().map(std::path::PathBuf::from))
-        .find(|p| p.is_file());
-    if let Some(bytes) = bundle.and_then(|path| std::fs::read(path).ok()) {
+        .find(|p| env.fs().is_file(p));
+    if let Some(bytes) = bundle.and_then(|path| env.fs().read(&path, MAX_BUNDLE_BYTES).ok()) {
         let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
             .filter_map(Result::ok)
             .collect();
@@ -213,8 +219,8 @@ fn too_large(cap: usize) -> ExchangeError {
     )
 }
 
-/// `Retry-After` as seconds or an HTTP date.
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+/// `Retry-After` as seconds or an HTTP date (read against `clock`).
+pub fn retry_after(headers: &reqwest::header::HeaderMap, clock: &dyn Clock) -> Option<Duration> {
     let value = headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
@@ -224,10 +230,7 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    )
+    Some(at.duration_since(clock.wall()).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -249,15 +252,40 @@ mod tests {
 
     #[test]
     fn retry_after_forms() {
+        // 2015-10-21T07:27:30Z, thirty seconds before the date below.
+        let clock = crate::testing::FixedClock(crate::clock::from_unix(1_445_412_450));
         let mut h = reqwest::header::HeaderMap::new();
         h.insert("retry-after", "7".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&h, &clock), Some(Duration::from_secs(7)));
         h.insert(
             "retry-after",
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
-        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        assert_eq!(retry_after(&h, &clock), Some(Duration::from_secs(30)));
+        let later = crate::testing::FixedClock(crate::clock::from_unix(1_445_412_500));
+        assert_eq!(retry_after(&h, &later), Some(Duration::ZERO));
         h.insert("retry-after", "soon".parse().unwrap());
-        assert_eq!(retry_after(&h), None);
+        assert_eq!(retry_after(&h, &clock), None);
+    }
+
+    #[test]
+    fn system_roots_come_from_the_injected_environment() {
+        let ca = rcgen_free_ca_pem();
+        let fs = std::sync::Arc::new(crate::fs::MemFs::new().with("/etc/my-ca.pem", ca.clone()));
+        let env = Env::from_pairs([("SSL_CERT_FILE", "/etc/my-ca.pem")]).with_fs(fs);
+        assert_eq!(system_certs(&env).len(), 1);
+        assert_eq!(
+            load_pem_certs(&env, "X", Path::new("/etc/my-ca.pem"))
+                .unwrap()
+                .len(),
+            1
+        );
+        let e = load_pem_certs(&env, "X", Path::new("/etc/none.pem")).unwrap_err();
+        assert_eq!(e.subject, "X");
+    }
+
+    /// A self-signed certificate in PEM (from the fixtures), to parse without any file.
+    fn rcgen_free_ca_pem() -> String {
+        crate::testing::TEST_CA_PEM.to_string()
     }
 }

@@ -1,5 +1,6 @@
-//! Request checks every metadata surface applies before touching the cache: SSRF and
-//! DNS-rebinding defences. Each surface renders the verdict in its own cloud's error shape.
+//! Request checks the router applies to every credential surface before the surface sees the
+//! request: SSRF and DNS-rebinding defences. Each surface renders the verdict in its own
+//! cloud's error shape ([`crate::surface::Surface::refuse`]).
 
 use http::request::Parts;
 
@@ -107,11 +108,7 @@ mod tests {
     use super::*;
 
     fn parts(headers: &[(&str, &str)]) -> Parts {
-        let mut b = http::Request::builder().uri("/x");
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        b.body(()).unwrap().into_parts().0
+        crate::testing::parts("GET", "/x", headers)
     }
 
     #[test]

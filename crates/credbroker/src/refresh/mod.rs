@@ -11,6 +11,7 @@
 //! and dropped after `idle_ttl` without readers; at most `max_keys` are held.
 
 pub mod policy;
+mod readiness;
 pub mod slot;
 
 use std::collections::HashMap;
@@ -23,10 +24,11 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, SystemClock};
 use crate::exchange::{Exchange, ExchangeError, Retry};
 use crate::metrics::{CloudLabels, ExchangeLabels, ExpirySource, Metrics};
 pub use policy::Policy;
+pub use readiness::NotReady;
 pub use slot::{Issued, Slot, SlotState, Unavailable};
 
 pub trait CacheKey: Clone + Eq + Hash + Display + Send + Sync + 'static {}
@@ -85,49 +87,87 @@ impl<K: CacheKey, E: Exchange<K>> Drop for Inner<K, E> {
     }
 }
 
-impl<K: CacheKey, E: Exchange<K>> Cache<K, E> {
-    pub fn new(
-        cloud: &'static str,
-        exchanger: E,
-        policy: Policy,
-        clock: Arc<dyn Clock>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self::build(
-            cloud,
-            exchanger,
-            policy,
-            clock,
-            metrics,
-            None,
-            KeyLimits::default(),
-        )
+/// Builds a [`Cache`]: the cloud's name and exchanger are required; the policy comes from the
+/// cloud's SDK refresh window; the rest has defaults tests override.
+pub struct CacheBuilder<K: CacheKey, E: Exchange<K>> {
+    cloud: &'static str,
+    exchanger: E,
+    policy: Policy,
+    clock: Arc<dyn Clock>,
+    metrics: Option<Arc<Metrics>>,
+    token_changes: Option<watch::Receiver<u64>>,
+    limits: KeyLimits,
+    _key: std::marker::PhantomData<fn(K)>,
+}
+
+impl<K: CacheKey, E: Exchange<K>> CacheBuilder<K, E> {
+    /// The refresh policy for SDKs that refresh when less than `window` remains.
+    pub fn sdk_window(mut self, window: Duration) -> Self {
+        self.policy = Policy::for_sdk_window(window);
+        self
     }
 
-    /// `token_changes` ticks whenever the service-account token changes: a slot that is failing
-    /// retries at once instead of waiting out its backoff (an expired token was just replaced).
-    pub fn build(
-        cloud: &'static str,
-        exchanger: E,
-        policy: Policy,
-        clock: Arc<dyn Clock>,
-        metrics: Arc<Metrics>,
-        token_changes: Option<watch::Receiver<u64>>,
-        limits: KeyLimits,
-    ) -> Self {
+    /// A whole policy (tests and benchmarks shorten its intervals).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Ticks whenever the service-account token changes: a slot that is failing retries at
+    /// once (an expired token was just replaced), within its backoff's `Retry-After`.
+    pub fn token_changes(mut self, changes: watch::Receiver<u64>) -> Self {
+        self.token_changes = Some(changes);
+        self
+    }
+
+    /// Bounds on the dynamic keys (default: 256 keys, dropped after an hour unused).
+    pub fn limits(mut self, limits: KeyLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn build(self) -> Cache<K, E> {
+        let metrics = self.metrics.unwrap_or_default();
+        metrics.declare_cloud(self.cloud);
         let inner = Arc::new(Inner {
-            cloud,
-            exchanger: Arc::new(exchanger),
-            policy: Arc::new(policy),
-            clock,
+            cloud: self.cloud,
+            exchanger: Arc::new(self.exchanger),
+            policy: Arc::new(self.policy),
+            clock: self.clock,
             metrics: metrics.clone(),
-            token_changes,
-            limits,
+            token_changes: self.token_changes,
+            limits: self.limits,
             slots: Mutex::new(HashMap::new()),
         });
         let weak: Weak<dyn ExpirySource> = Arc::downgrade(&inner) as Weak<Inner<K, E>>;
         metrics.add_expiry_source(weak);
         Cache { inner }
+    }
+}
+
+impl<K: CacheKey, E: Exchange<K>> Cache<K, E> {
+    /// A cache for `cloud`'s credentials from `exchanger`, configured by the builder.
+    pub fn builder(cloud: &'static str, exchanger: E) -> CacheBuilder<K, E> {
+        CacheBuilder {
+            cloud,
+            exchanger,
+            policy: Policy::for_sdk_window(Duration::ZERO),
+            clock: Arc::new(SystemClock),
+            metrics: None,
+            token_changes: None,
+            limits: KeyLimits::default(),
+            _key: std::marker::PhantomData,
+        }
     }
 
     pub fn cloud(&self) -> &'static str {
@@ -182,18 +222,15 @@ impl<K: CacheKey, E: Exchange<K>> Cache<K, E> {
     }
 
     /// `Ok` when every pinned key holds a credential it would serve; else the reasons.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         let slots = self.inner.slots.lock();
-        let reasons: Vec<String> = slots
-            .iter()
-            .filter(|(_, e)| e.pinned)
-            .filter_map(|(k, e)| e.slot.readiness().err().map(|r| format!("{k}: {r}")))
-            .collect();
-        if reasons.is_empty() {
-            Ok(())
-        } else {
-            Err(reasons.join("; "))
+        let mut not_ready = NotReady::default();
+        for (key, entry) in slots.iter().filter(|(_, e)| e.pinned) {
+            if let Err(why) = entry.slot.readiness() {
+                not_ready.push(key.to_string(), why);
+            }
         }
+        not_ready.into_result()
     }
 
     /// Number of keys held (pinned and dynamic).
@@ -259,10 +296,15 @@ async fn drive<K: CacheKey, E: Exchange<K>>(
         Some(inner) => (inner.token_changes.clone(), inner.policy.min_interval),
         None => return,
     };
+    // A clone starts where the cache's own receiver stands, which may be rotations behind: only
+    // changes from now on concern this slot (a stale one would skip a `Retry-After`).
+    if let Some(rx) = token_changes.as_mut() {
+        rx.borrow_and_update();
+    }
     loop {
         let Some(inner) = cache.upgrade() else { return };
         let started = Instant::now();
-        let next = attempt(&inner, &key, &slot, &mut failures).await;
+        let Attempt { next, not_before } = attempt(&inner, &key, &slot, &mut failures).await;
         drop(inner);
 
         // Sleep until the refresh point. A reader finding nothing servable cuts it short (the
@@ -279,8 +321,9 @@ async fn drive<K: CacheKey, E: Exchange<K>>(
                 }
                 changed = changed(&mut token_changes), if failing && token_changes.is_some() => {
                     if changed {
-                        // However often the file changes, attempts stay `min_interval` apart.
-                        sleep_until(started + min_interval).await;
+                        // However often the file changes, attempts stay `min_interval` apart,
+                        // and an upstream's `Retry-After` holds whatever the token does.
+                        sleep_until((started + min_interval).max(not_before)).await;
                         break;
                     }
                     token_changes = None;
@@ -315,13 +358,21 @@ async fn changed(rx: &mut Option<watch::Receiver<u64>>) -> bool {
     }
 }
 
+/// When to try again after one attempt.
+struct Attempt {
+    /// The policy's next attempt (refresh point, or end of backoff).
+    next: Instant,
+    /// No attempt before this, whatever happens: the upstream's `Retry-After`.
+    not_before: Instant,
+}
+
 /// One exchange: publish the outcome, return when to try next.
 async fn attempt<K: CacheKey, E: Exchange<K>>(
     inner: &Inner<K, E>,
     key: &K,
     slot: &Slot<E::Credential>,
     failures: &mut u32,
-) -> Instant {
+) -> Attempt {
     let policy = &inner.policy;
     slot.start_attempt();
     tracing::debug!(cloud = inner.cloud, key = %key, "exchange started");
@@ -383,7 +434,10 @@ async fn attempt<K: CacheKey, E: Exchange<K>>(
                 "credential obtained"
             );
             slot.succeed(Arc::new(issued));
-            at
+            Attempt {
+                next: at,
+                not_before: now,
+            }
         }
         Err(err) => {
             *failures = failures.saturating_add(1);
@@ -400,8 +454,15 @@ async fn attempt<K: CacheKey, E: Exchange<K>>(
                 serving_old_credential_for_s = held,
                 "exchange failed"
             );
+            let not_before = now
+                + err
+                    .retry_after
+                    .map_or(Duration::ZERO, |a| a.min(policy.retry_after_max));
             slot.fail(err);
-            now + delay
+            Attempt {
+                next: now + delay,
+                not_before,
+            }
         }
     }
 }

@@ -40,19 +40,25 @@ pub struct SlotState<C> {
     pub attempts: u64,
 }
 
-/// Why no credential can be handed out right now.
+/// Why a credential cannot be handed out right now: the answer to a request that finds none,
+/// and the reason `/readyz` gives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unavailable {
     /// The exchange is still running (typically the first one, at start-up).
     Pending,
     /// The last exchange failed and nothing valid is held.
     Failed(ExchangeError),
+    /// The credential held has expired (or is inside the serve floor); its refresh is pending.
+    Expired,
+    /// A credential is held but not where applications read it (OCI's files); says why.
+    Undelivered(String),
 }
 
 impl Unavailable {
-    /// The status a metadata surface answers with: 503 (every SDK retries it) while the exchange
-    /// is pending or after a transient failure; after a permanent denial the upstream's own 4xx
-    /// (never 429, which would read as "retry"), else `denied`, the cloud's usual denial status.
+    /// The status a metadata surface answers with, the one rule every cloud follows: 503 (every
+    /// SDK retries it) while an exchange is pending or after a transient failure; after a
+    /// permanent denial the upstream's own 4xx (never 429, which would read as "retry"), else
+    /// `denied`, the cloud's usual denial status.
     pub fn http_status(&self, denied: u16) -> u16 {
         match self {
             Unavailable::Failed(e) if !e.is_transient() => e
@@ -60,6 +66,22 @@ impl Unavailable {
                 .filter(|s| (400..500).contains(s) && *s != 429)
                 .unwrap_or(denied),
             _ => 503,
+        }
+    }
+
+    /// Whether waiting can help without anything else changing: an exchange is in flight or due.
+    pub fn is_pending(&self) -> bool {
+        matches!(self, Unavailable::Pending | Unavailable::Expired)
+    }
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unavailable::Pending => f.write_str("first exchange in progress"),
+            Unavailable::Failed(e) => write!(f, "last exchange failed: {e}"),
+            Unavailable::Expired => f.write_str("credential expired; refresh pending"),
+            Unavailable::Undelivered(why) => f.write_str(why),
         }
     }
 }
@@ -141,15 +163,15 @@ impl<C> Slot<C> {
     }
 
     /// `Ok` when a credential would be served now, else why not.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), Unavailable> {
         if self.current().is_some() {
             return Ok(());
         }
         let state = self.state.borrow();
         match (&state.error, &state.cred) {
-            (Some(err), _) => Err(format!("last exchange failed: {err}")),
-            (None, Some(_)) => Err("credential expired; refresh pending".into()),
-            (None, None) => Err("first exchange in progress".into()),
+            (Some(err), _) => Err(Unavailable::Failed(err.clone())),
+            (None, Some(_)) => Err(Unavailable::Expired),
+            (None, None) => Err(Unavailable::Pending),
         }
     }
 

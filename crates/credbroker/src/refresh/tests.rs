@@ -84,15 +84,14 @@ fn cache_with(
     tokens: Option<watch::Receiver<u64>>,
     limits: KeyLimits,
 ) -> Cache<String, Shared> {
-    Cache::build(
-        "test",
-        Shared(ex.clone()),
-        policy,
-        Arc::new(ex.clock),
-        Arc::new(Metrics::new()),
-        tokens,
-        limits,
-    )
+    let builder = Cache::builder("test", Shared(ex.clone()))
+        .policy(policy)
+        .clock(Arc::new(ex.clock))
+        .limits(limits);
+    match tokens {
+        Some(t) => builder.token_changes(t).build(),
+        None => builder.build(),
+    }
 }
 
 fn cache(ex: &Arc<Scripted>) -> Cache<String, Shared> {
@@ -105,7 +104,7 @@ async fn first_request_waits_for_the_first_exchange() {
     let cache = cache(&ex);
     let slot = cache.pin("role".into());
     assert_eq!(
-        cache.readiness().unwrap_err(),
+        cache.readiness().unwrap_err().to_string(),
         "role: first exchange in progress"
     );
     let cred = slot.get(Duration::from_secs(2)).await.unwrap();
@@ -260,7 +259,13 @@ async fn permanent_errors_are_not_retried_quickly() {
         sleep(Duration::from_secs(5)).await;
     }
     assert_eq!(ex.calls(), 1, "a denial was retried within 250 s");
-    assert!(cache.readiness().unwrap_err().contains("AccessDenied"));
+    assert!(
+        cache
+            .readiness()
+            .unwrap_err()
+            .to_string()
+            .contains("AccessDenied")
+    );
     sleep(mins(5)).await;
     assert_eq!(ex.calls(), 2);
     assert!(cache.readiness().is_ok());
@@ -290,6 +295,7 @@ async fn stale_while_error_until_the_serve_floor_then_expiry() {
     match slot.get(Duration::from_millis(10)).await {
         Err(Unavailable::Failed(e)) => assert_eq!(e.code, "ServiceUnavailable"),
         Err(Unavailable::Pending) => {}
+        Err(other) => panic!("unexpected {other:?}"),
         Ok(c) => panic!("served credential {} inside the floor", c.value),
     }
     assert!(cache.readiness().is_err());
@@ -363,13 +369,10 @@ async fn upstream_that_never_answers_times_out_as_transient() {
             std::future::pending().await
         }
     }
-    let cache = Cache::new(
-        "test",
-        Hang,
-        aws_policy(),
-        Arc::new(TokioClock::now_wall()),
-        Arc::new(Metrics::new()),
-    );
+    let cache = Cache::builder("test", Hang)
+        .policy(aws_policy())
+        .clock(Arc::new(TokioClock::now_wall()))
+        .build();
     let slot = cache.pin("k".to_string());
     assert_eq!(
         slot.get(Duration::from_secs(1)).await.unwrap_err(),
@@ -405,15 +408,11 @@ async fn idle_dynamic_keys_are_dropped_and_key_count_is_bounded() {
 async fn metrics_count_exchanges_and_expiry() {
     let ex = Scripted::new(mins(60));
     let metrics = Arc::new(Metrics::new());
-    let cache = Cache::build(
-        "test",
-        Shared(ex.clone()),
-        aws_policy(),
-        Arc::new(ex.clock),
-        metrics.clone(),
-        None,
-        KeyLimits::default(),
-    );
+    let cache = Cache::builder("test", Shared(ex.clone()))
+        .policy(aws_policy())
+        .clock(Arc::new(ex.clock))
+        .metrics(metrics.clone())
+        .build();
     cache
         .pin("role".to_string())
         .get(Duration::from_secs(2))

@@ -21,101 +21,25 @@ pub async fn cloudscape(dir: &Path) -> Cloudscape {
         .expect("start emulated clouds")
 }
 
-/// The sidecar's environment for AWS, as the EKS webhook would inject it.
-pub fn aws_env(scape: &Cloudscape) -> Vec<(String, String)> {
-    vec![
-        ("AWS_ROLE_ARN".into(), fakecloud::aws::DEMO_ROLE_ARN.into()),
-        (
-            "AWS_WEB_IDENTITY_TOKEN_FILE".into(),
-            scape.aws_token.path().display().to_string(),
-        ),
-        ("AWS_ENDPOINT_URL_STS".into(), scape.sts.url()),
-        ("AWS_REGION".into(), "us-east-1".into()),
-        ("AWS_ROLE_SESSION_NAME".into(), "itest".into()),
-    ]
-}
+/// Stands for the broker's own directory in a [`sidecar`] environment; [`Broker::start`]
+/// replaces it (the AWS `Authorization` file and OCI's files are written there).
+pub const FILES: &str = "{files}";
 
-/// The sidecar's environment for GCP: the `external_account` file (impersonating the demo
-/// service account) and the project.
-pub fn gcp_env(scape: &Cloudscape) -> Vec<(String, String)> {
-    vec![
-        (
-            "GOOGLE_APPLICATION_CREDENTIALS".into(),
-            scape.gcp_credentials.display().to_string(),
-        ),
-        (
-            "GOOGLE_CLOUD_PROJECT".into(),
-            fakecloud::gcp::DEMO_PROJECT_ID.into(),
-        ),
-    ]
-}
-
-/// The App Service shared header the Azure tests start the broker with.
-pub const AZURE_IDENTITY_HEADER: &str = "itest-identity-header-0123456789abcdef";
-
-/// The sidecar's environment for Azure, as the workload identity webhook would inject it, plus
-/// the App Service shared header.
-pub fn azure_env(scape: &Cloudscape) -> Vec<(String, String)> {
-    vec![
-        (
-            "AZURE_CLIENT_ID".into(),
-            fakecloud::azure::DEMO_CLIENT_ID.into(),
-        ),
-        (
-            "AZURE_TENANT_ID".into(),
-            fakecloud::azure::DEMO_TENANT_ID.into(),
-        ),
-        (
-            "AZURE_FEDERATED_TOKEN_FILE".into(),
-            scape.azure_token.path().display().to_string(),
-        ),
-        (
-            "AZURE_AUTHORITY_HOST".into(),
-            format!("{}/", scape.entra.url()),
-        ),
-        (
-            "CREDBROKER_AZURE_IDENTITY_HEADER".into(),
-            AZURE_IDENTITY_HEADER.into(),
-        ),
-    ]
-}
-
-/// The sidecar's environment for OCI: kubelet's service variables pointing at the fake
-/// proxymux, the cluster CA, the region and the projected token. [`Broker::start`] adds
-/// `--oci-output-dir DIR/oci` when OCI is enabled.
-pub fn oci_env(scape: &Cloudscape) -> Vec<(String, String)> {
-    vec![
-        (
-            "OCI_RESOURCE_PRINCIPAL_REGION".into(),
-            fakecloud::oci::DEFAULT_REGION.into(),
-        ),
-        (
-            "KUBERNETES_SERVICE_HOST".into(),
-            scape.proxymux.host().to_string(),
-        ),
-        (
-            "KUBERNETES_SERVICE_PORT_PROXYMUX".into(),
-            scape.proxymux.port().to_string(),
-        ),
-        (
-            "OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH".into(),
-            scape.oci_ca_path.display().to_string(),
-        ),
-        (
-            "CREDBROKER_OCI_TOKEN_FILE".into(),
-            scape.oci_token.path().display().to_string(),
-        ),
-    ]
+/// The sidecar's environment for `clouds` (registry names: `aws`, `gcp`, `azure`, `oci`), as
+/// the clouds' webhooks would inject it against the emulated clouds, with credbroker's settings.
+pub fn sidecar(scape: &Cloudscape, clouds: &[&str]) -> Vec<(String, String)> {
+    scape
+        .sidecar(clouds, Path::new(FILES))
+        .expect("clouds the emulators know")
 }
 
 /// Every cloud the emulated cloudscape offers, enabled together.
-pub fn all_env(scape: &Cloudscape) -> Vec<(String, String)> {
-    let mut env = aws_env(scape);
-    env.extend(gcp_env(scape));
-    env.extend(azure_env(scape));
-    env.extend(oci_env(scape));
-    env
+pub fn all_clouds(scape: &Cloudscape) -> Vec<(String, String)> {
+    sidecar(scape, &fakecloud::sidecar::CLOUDS)
 }
+
+/// The App Service shared header the sidecar environment sets.
+pub const AZURE_IDENTITY_HEADER: &str = fakecloud::sidecar::AZURE_IDENTITY_HEADER;
 
 pub struct Broker {
     pub child: Child,
@@ -142,10 +66,11 @@ impl Broker {
         let addr_file = dir.join("addrs");
         let _ = std::fs::remove_file(&addr_file);
         let log = dir.join("broker.log");
+        let files = dir.display().to_string();
         let mut cmd = Command::new(BIN);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(env.iter().cloned())
+            .envs(env.iter().map(|(k, v)| (k, v.replace(FILES, &files))))
             .args([
                 "--log-level",
                 level,
@@ -157,17 +82,9 @@ impl Broker {
             ])
             .arg("--addr-file")
             .arg(&addr_file)
-            .arg("--aws-auth-token-file")
-            .arg(dir.join("aws-auth-token"))
             .args(extra)
             .stdout(std::fs::File::create(dir.join("broker.out")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap());
-        if env
-            .iter()
-            .any(|(k, _)| k == "OCI_RESOURCE_PRINCIPAL_REGION")
-        {
-            cmd.arg("--oci-output-dir").arg(dir.join("oci"));
-        }
         let mut child = cmd.spawn().expect("spawn credbroker");
         let deadline = Instant::now() + Duration::from_secs(15);
         let addrs = loop {

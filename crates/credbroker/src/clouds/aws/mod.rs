@@ -14,20 +14,30 @@ pub use config::{AwsConfig, Flags, RoleArn};
 use sts::StsClient;
 use surface::{AwsCredential, ContainerSurface, ImdsSessions, ImdsSurface};
 
-use super::{AppEnv, CloudConfig, CloudRuntime, Shared};
-use crate::config::ConfigError;
+use super::runtime::seconds_left;
+use super::{AppEnv, Cloud, CloudConfig, Pinned, Runtime, Shared};
+use crate::config::{ConfigError, Env};
 use crate::exchange::{Exchange, ExchangeError, Fresh};
-use crate::fsutil::{FileMode, write_atomic};
-use crate::refresh::{Cache, KeyLimits, Policy, Slot};
+use crate::fs::{FileMode, Fs};
 use crate::secret::Secret;
-use crate::surface::Surface;
 use crate::timefmt::format_rfc3339;
 
-/// botocore refreshes whenever less than 15 minutes remain (advisory) and blocks under 10.
-pub const SDK_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// AWS, as the registry declares it.
+pub struct Aws;
 
-pub fn policy() -> Policy {
-    Policy::for_sdk_window(SDK_WINDOW)
+impl Cloud for Aws {
+    const NAME: &'static str = "aws";
+    const TITLE: &'static str = "AWS";
+    const ENABLED_BY: &'static str = "AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE";
+    /// botocore refreshes whenever less than 15 minutes remain (advisory) and blocks under 10
+    /// (docs/aws.md, "Refresh windows").
+    const SDK_WINDOW: Duration = Duration::from_secs(15 * 60);
+    type Flags = Flags;
+    type Config = AwsConfig;
+
+    fn detect(env: &Env, flags: &Flags) -> Result<Option<AwsConfig>, ConfigError> {
+        AwsConfig::from_env(env, flags)
+    }
 }
 
 /// The AWS exchanger: one STS call, rendered for both surfaces.
@@ -50,16 +60,14 @@ impl Exchange<String> for AwsExchange {
     }
 }
 
-pub struct AwsRuntime {
-    cache: Cache<String, AwsExchange>,
-    slot: Arc<Slot<AwsCredential>>,
-    surfaces: Vec<Arc<dyn Surface>>,
-}
-
 /// The shared value for `Authorization`: the file's content, or a new random one written there.
-fn load_or_create_auth_token(path: &Path, mode: FileMode) -> Result<Secret, ConfigError> {
+fn load_or_create_auth_token(
+    fs: &dyn Fs,
+    path: &Path,
+    mode: FileMode,
+) -> Result<Secret, ConfigError> {
     const SUBJECT: &str = "--aws-auth-token-file";
-    match std::fs::read(path) {
+    match fs.read(path, 64 * 1024) {
         Ok(bytes) => {
             let value = String::from_utf8(bytes).map_err(|_| {
                 ConfigError::new(SUBJECT, format!("{} is not UTF-8 text", path.display()))
@@ -85,7 +93,7 @@ fn load_or_create_auth_token(path: &Path, mode: FileMode) -> Result<Secret, Conf
             let raw: [u8; 32] = rand::random();
             let value =
                 base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
-            write_atomic(path, value.as_bytes(), mode).map_err(|e| {
+            fs.write_atomic(path, value.as_bytes(), mode).map_err(|e| {
                 ConfigError::new(SUBJECT, format!("cannot write {}: {e}", path.display()))
             })?;
             Ok(Secret::new(value))
@@ -99,7 +107,7 @@ fn load_or_create_auth_token(path: &Path, mode: FileMode) -> Result<Secret, Conf
 
 impl CloudConfig for AwsConfig {
     fn name(&self) -> &'static str {
-        "aws"
+        Aws::NAME
     }
 
     fn app_env(&self, listen: SocketAddr) -> AppEnv {
@@ -122,7 +130,7 @@ impl CloudConfig for AwsConfig {
             exports.push(("AWS_DEFAULT_REGION".into(), region.clone()));
         }
         AppEnv {
-            cloud: "aws",
+            cloud: Aws::NAME,
             exports,
             // Web identity and static keys come before the container provider in every SDK's chain.
             forbidden: vec![
@@ -139,8 +147,26 @@ impl CloudConfig for AwsConfig {
         }
     }
 
-    fn start(self: Box<Self>, shared: &Shared) -> Result<Arc<dyn CloudRuntime>, ConfigError> {
-        let auth = load_or_create_auth_token(&self.auth_token_file, shared.file_mode)?;
+    fn try_it(&self, listen: SocketAddr) -> Vec<String> {
+        let auth = self.auth_token_file.display();
+        vec![
+            format!("curl -s -H \"Authorization: $(cat {auth})\" http://{listen}/v1/credentials"),
+            format!(
+                "TOKEN=$(curl -s -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://{listen}/latest/api/token) && \
+                 curl -s -H \"X-aws-ec2-metadata-token: $TOKEN\" http://{listen}/latest/meta-data/iam/security-credentials/{}",
+                self.role.name
+            ),
+            format!(
+                "# with boto3 installed: env -i PATH=\"$PATH\" AWS_CONTAINER_CREDENTIALS_FULL_URI=http://{listen}/v1/credentials \
+                 AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={auth} AWS_REGION={} python3 -c 'import boto3; print(boto3.Session().get_credentials().get_frozen_credentials().access_key)'",
+                self.region.as_deref().unwrap_or("us-east-1")
+            ),
+        ]
+    }
+
+    fn start(self: Box<Self>, shared: &Shared) -> Result<Runtime, ConfigError> {
+        let auth =
+            load_or_create_auth_token(shared.env.fs(), &self.auth_token_file, shared.file_mode)?;
         let token = shared
             .tokens
             .get("AWS_WEB_IDENTITY_TOKEN_FILE", &self.token_file)?;
@@ -152,62 +178,17 @@ impl CloudConfig for AwsConfig {
                 session_name: self.session_name.clone(),
                 duration_secs: self.session_duration,
                 token: token.clone(),
+                clock: shared.clock.clone(),
             },
             role: self.role.clone(),
             clock: shared.clock.clone(),
         };
-        let cache = Cache::build(
-            "aws",
-            exchange,
-            policy(),
-            shared.clock.clone(),
-            shared.metrics.clone(),
-            Some(token.changes()),
-            KeyLimits::default(),
-        );
-        let slot = cache.pin(self.role.arn.clone());
-        let surfaces: Vec<Arc<dyn Surface>> = vec![
-            Arc::new(ContainerSurface {
-                slot: slot.clone(),
-                auth,
-            }),
-            Arc::new(ImdsSurface {
-                slot: slot.clone(),
-                role: self.role.clone(),
-                region: self.region.clone(),
-                sessions: ImdsSessions::new(shared.clock.clone()),
-            }),
-        ];
-        tracing::info!(
-            role = %self.role.arn,
-            endpoint = %self.sts_endpoint,
-            session_duration_s = self.session_duration,
-            "aws enabled"
-        );
-        Ok(Arc::new(AwsRuntime {
-            cache,
-            slot,
-            surfaces,
-        }))
-    }
-}
-
-impl CloudRuntime for AwsRuntime {
-    fn name(&self) -> &'static str {
-        "aws"
-    }
-
-    fn surfaces(&self) -> Vec<Arc<dyn Surface>> {
-        self.surfaces.clone()
-    }
-
-    fn readiness(&self) -> Result<(), String> {
-        self.cache.readiness()
-    }
-
-    fn summary(&self) -> Result<String, String> {
-        match self.slot.current() {
-            Some(cred) => {
+        let cache = Aws::cache(shared, exchange, Some(&token)).build();
+        let pinned = Pinned::new(
+            self.role.arn.clone(),
+            &cache,
+            self.role.arn.clone(),
+            |cred| {
                 let sts = &cred.value.sts;
                 let key = &sts.access_key_id;
                 let shown = format!(
@@ -215,14 +196,31 @@ impl CloudRuntime for AwsRuntime {
                     &key[..4.min(key.len())],
                     &key[key.len().saturating_sub(4)..]
                 );
-                Ok(format!(
+                format!(
                     "assumed {} (access key {shown}), expires {} (in {} s)",
                     sts.assumed_role_arn,
                     format_rfc3339(sts.expiration),
-                    cred.remaining(tokio::time::Instant::now()).as_secs()
-                ))
-            }
-            None => Err(self.slot.readiness().err().unwrap_or_default()),
-        }
+                    seconds_left(cred)
+                )
+            },
+        );
+        tracing::info!(
+            role = %self.role.arn,
+            endpoint = %self.sts_endpoint,
+            session_duration_s = self.session_duration,
+            "aws enabled"
+        );
+        Ok(Runtime::new(Aws::NAME)
+            .surface(Arc::new(ContainerSurface {
+                slot: pinned.slot().clone(),
+                auth,
+            }))
+            .surface(Arc::new(ImdsSurface {
+                slot: pinned.slot().clone(),
+                role: self.role.clone(),
+                region: self.region.clone(),
+                sessions: ImdsSessions::new(shared.clock.clone()),
+            }))
+            .hold(pinned))
     }
 }

@@ -44,6 +44,8 @@ pub struct StsClient {
     pub session_name: String,
     pub duration_secs: u32,
     pub token: Arc<TokenSource>,
+    /// Reads `Retry-After` dates.
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 impl StsClient {
@@ -70,7 +72,7 @@ impl StsClient {
             .await
             .map_err(|e| transport_error(&e))?;
         let status = resp.status().as_u16();
-        let after = retry_after(resp.headers());
+        let after = retry_after(resp.headers(), self.clock.as_ref());
         let body = read_capped(resp, MAX_RESPONSE_BYTES).await?;
         let body = String::from_utf8_lossy(&body);
         if status == 200 {

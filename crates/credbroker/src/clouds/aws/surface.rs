@@ -1,5 +1,6 @@
 //! AWS surfaces: container credentials (`/v1/credentials`) and IMDSv2 (`/latest/...`), exactly as
-//! reference/aws.md §2–§3 describe. Bodies are rendered once per credential, not per request.
+//! docs/aws.md ("Container credentials", "IMDSv2") describes. Bodies are rendered once per
+//! credential, not per request.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,11 +16,11 @@ use serde::Serialize;
 use super::config::RoleArn;
 use super::sts::StsCredentials;
 use crate::clock::Clock;
-use crate::http::guard;
+use crate::http::guard::Refusal;
 use crate::http::server::{Resp, json, respond, text};
 use crate::refresh::{Slot, Unavailable};
 use crate::secret::{Secret, WipedBuf, constant_time_eq};
-use crate::surface::{BoxFuture, Surface};
+use crate::surface::{BoxFuture, Claim, ErrorShape, Surface, no_credential};
 use crate::timefmt::format_rfc3339;
 
 /// How long a request waits for an exchange in flight. botocore's IMDS timeout is 1 s and its
@@ -105,17 +106,27 @@ fn error_body(status: u16, code: &str, message: &str) -> Resp {
     )
 }
 
-/// No credential: 503 (retried by every SDK) unless upstream denied us for good, then its 4xx.
-fn unavailable(u: &Unavailable) -> Resp {
-    let status = u.http_status(403);
-    match u {
-        Unavailable::Pending => error_body(
-            status,
-            "CredentialsPending",
-            "credentials are being fetched; retry shortly",
-        ),
-        Unavailable::Failed(e) => error_body(status, &e.code, &e.message),
+/// AWS's "no credential": the `{Code, Message}` body; a denial without an upstream 4xx is 403.
+struct AwsErrors;
+
+impl ErrorShape for AwsErrors {
+    const DENIED: u16 = 403;
+
+    fn no_credential(status: u16, why: &Unavailable) -> Resp {
+        match why {
+            Unavailable::Failed(e) => error_body(status, &e.code, &e.message),
+            Unavailable::Undelivered(why) => error_body(status, "CredentialsUnavailable", why),
+            Unavailable::Pending | Unavailable::Expired => error_body(
+                status,
+                "CredentialsPending",
+                "credentials are being fetched; retry shortly",
+            ),
+        }
     }
+}
+
+fn unavailable(why: &Unavailable) -> Resp {
+    no_credential::<AwsErrors>(why)
 }
 
 // === impl ContainerSurface ===
@@ -128,9 +139,6 @@ pub struct ContainerSurface {
 
 impl ContainerSurface {
     async fn serve(&self, req: &Parts) -> Resp {
-        if let Err(refusal) = guard::check(req) {
-            return error_body(403, "AccessDenied", refusal.message());
-        }
         if req.method != Method::GET && req.method != Method::HEAD {
             return error_body(405, "MethodNotAllowed", "use GET");
         }
@@ -158,8 +166,15 @@ impl Surface for ContainerSurface {
         "aws-container"
     }
 
-    fn claims(&self, path: &str) -> bool {
-        path == "/v1/credentials" || path == "/v1/credentials/"
+    fn claims(&self) -> &'static [Claim] {
+        &[
+            Claim::Exact("/v1/credentials"),
+            Claim::Exact("/v1/credentials/"),
+        ]
+    }
+
+    fn refuse(&self, refusal: Refusal) -> Resp {
+        error_body(403, "AccessDenied", refusal.message())
     }
 
     fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {
@@ -183,9 +198,6 @@ const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-tok
 
 impl ImdsSurface {
     async fn serve(&self, req: &Parts) -> Resp {
-        if let Err(refusal) = guard::check(req) {
-            return text(403, refusal.message());
-        }
         let path = req.uri.path();
         if path == "/latest/api/token" {
             return self.put_token(req);
@@ -276,8 +288,12 @@ impl Surface for ImdsSurface {
         "aws-imds"
     }
 
-    fn claims(&self, path: &str) -> bool {
-        path.starts_with("/latest/")
+    fn claims(&self) -> &'static [Claim] {
+        &[Claim::Tree("/latest")]
+    }
+
+    fn refuse(&self, refusal: Refusal) -> Resp {
+        text(403, refusal.message())
     }
 
     fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {

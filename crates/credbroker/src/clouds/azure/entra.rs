@@ -102,7 +102,7 @@ impl EntraClient {
                 codes: Vec::new(),
             })?;
         let status = resp.status().as_u16();
-        let after = retry_after(resp.headers());
+        let after = retry_after(resp.headers(), self.clock.as_ref());
         let body = read_capped(resp, MAX_RESPONSE_BYTES)
             .await
             .map_err(|error| Failure {

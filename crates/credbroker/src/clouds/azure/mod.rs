@@ -18,20 +18,30 @@ use entra::EntraClient;
 pub use surface::AzureToken;
 use surface::{AppServiceSurface, ImdsSurface, Tokens};
 
-use super::{AppEnv, CloudConfig, CloudRuntime, Shared};
-use crate::config::ConfigError;
+use super::runtime::seconds_left;
+use super::{AppEnv, Cloud, CloudConfig, Pinned, Runtime, Shared};
+use crate::config::{ConfigError, Env};
 use crate::exchange::{Exchange, ExchangeError, Fresh};
-use crate::refresh::{Cache, KeyLimits, Policy, Slot};
-use crate::surface::Surface;
 use crate::timefmt::format_rfc3339;
 
-/// azure-identity refreshes when less than 5 minutes remain (`DEFAULT_REFRESH_OFFSET = 300`);
-/// MSAL at half-life for long tokens. The policy refreshes at half-life and no later than
-/// expiry − 5 min − margin, so SDKs never see a token inside their window.
-pub const SDK_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// Azure, as the registry declares it.
+pub struct Azure;
 
-pub fn policy() -> Policy {
-    Policy::for_sdk_window(SDK_WINDOW)
+impl Cloud for Azure {
+    const NAME: &'static str = "azure";
+    const TITLE: &'static str = "Azure";
+    const ENABLED_BY: &'static str =
+        "AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE";
+    /// azure-identity refreshes when less than 5 minutes remain (`DEFAULT_REFRESH_OFFSET = 300`);
+    /// MSAL at half-life for long tokens (docs/azure.md). The policy refreshes at half-life and
+    /// no later than expiry − 5 min − margin, so SDKs never see a token inside their window.
+    const SDK_WINDOW: Duration = Duration::from_secs(5 * 60);
+    type Flags = Flags;
+    type Config = AzureConfig;
+
+    fn detect(env: &Env, flags: &Flags) -> Result<Option<AzureConfig>, ConfigError> {
+        AzureConfig::from_env(env, flags)
+    }
 }
 
 /// The Azure exchanger: one Entra request per scope.
@@ -57,14 +67,6 @@ impl Exchange<String> for AzureExchange {
     }
 }
 
-pub struct AzureRuntime {
-    cache: Cache<String, AzureExchange>,
-    identity: Arc<Identity>,
-    /// The warm resources and their slots, in configuration order.
-    pinned: Vec<(String, Arc<Slot<AzureToken>>)>,
-    surfaces: Vec<Arc<dyn Surface>>,
-}
-
 /// Variables that make an SDK bypass the sidecar when present in the application container.
 /// DefaultAzureCredential tries EnvironmentCredential and WorkloadIdentityCredential before
 /// ManagedIdentityCredential, and Python's ManagedIdentityCredential itself prefers workload
@@ -83,7 +85,7 @@ pub const FORBIDDEN_IN_APP: &[&str] = &[
 
 impl CloudConfig for AzureConfig {
     fn name(&self) -> &'static str {
-        "azure"
+        Azure::NAME
     }
 
     fn app_env(&self, listen: SocketAddr) -> AppEnv {
@@ -107,14 +109,31 @@ impl CloudConfig for AzureConfig {
             ),
         }
         AppEnv {
-            cloud: "azure",
+            cloud: Azure::NAME,
             exports,
             forbidden: FORBIDDEN_IN_APP.to_vec(),
             notes,
         }
     }
 
-    fn start(self: Box<Self>, shared: &Shared) -> Result<Arc<dyn CloudRuntime>, ConfigError> {
+    fn try_it(&self, listen: SocketAddr) -> Vec<String> {
+        let mut lines = vec![format!(
+            "curl -s -H 'Metadata: true' 'http://{listen}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/'"
+        )];
+        if let Some(header) = &self.identity_header {
+            lines.push(format!(
+                "curl -s -H 'X-IDENTITY-HEADER: {}' 'http://{listen}/msi/token?api-version=2019-08-01&resource=https://vault.azure.net'",
+                header.expose()
+            ));
+        }
+        lines.push(format!(
+            "# with azure-identity installed: env -i PATH=\"$PATH\" AZURE_POD_IDENTITY_AUTHORITY_HOST=http://{listen} python3 -c \
+             'from azure.identity import ManagedIdentityCredential as M; print(M().get_token(\"https://management.azure.com/.default\").expires_on)'"
+        ));
+        lines
+    }
+
+    fn start(self: Box<Self>, shared: &Shared) -> Result<Runtime, ConfigError> {
         let token = shared
             .tokens
             .get("AZURE_FEDERATED_TOKEN_FILE", &self.token_file)?;
@@ -127,35 +146,13 @@ impl CloudConfig for AzureConfig {
                 clock: shared.clock.clone(),
             },
         };
-        let cache = Cache::build(
-            "azure",
-            exchange,
-            policy(),
-            shared.clock.clone(),
-            shared.metrics.clone(),
-            Some(token.changes()),
-            KeyLimits::default(),
-        );
-        let pinned: Vec<(String, Arc<Slot<AzureToken>>)> = self
-            .resources
-            .iter()
-            .map(|r| (r.clone(), cache.pin(scope_for(r))))
-            .collect();
+        let cache = Azure::cache(shared, exchange, Some(&token)).build();
         let identity = Arc::new(self.identity.clone());
         let tokens = Arc::new(Tokens {
             cache: cache.clone(),
             identity: identity.clone(),
             clock: shared.clock.clone(),
         });
-        let surfaces: Vec<Arc<dyn Surface>> = vec![
-            Arc::new(ImdsSurface {
-                tokens: tokens.clone(),
-            }),
-            Arc::new(AppServiceSurface {
-                tokens,
-                header: self.identity_header.clone(),
-            }),
-        ];
         tracing::info!(
             client_id = %self.identity.client_id,
             tenant_id = %self.identity.tenant_id,
@@ -164,52 +161,35 @@ impl CloudConfig for AzureConfig {
             app_service_endpoint = self.identity_header.is_some(),
             "azure enabled"
         );
-        Ok(Arc::new(AzureRuntime {
-            cache,
-            identity,
-            pinned,
-            surfaces,
-        }))
-    }
-}
-
-impl CloudRuntime for AzureRuntime {
-    fn name(&self) -> &'static str {
-        "azure"
-    }
-
-    fn surfaces(&self) -> Vec<Arc<dyn Surface>> {
-        self.surfaces.clone()
-    }
-
-    fn readiness(&self) -> Result<(), String> {
-        self.cache.readiness()
-    }
-
-    fn summary(&self) -> Result<String, String> {
-        let who = format!(
-            "client {} in tenant {}",
-            self.identity.client_id, self.identity.tenant_id
-        );
-        if self.pinned.is_empty() {
-            return Ok(format!("{who}; no resources kept warm"));
+        let mut runtime = Runtime::new(Azure::NAME)
+            .who(format!(
+                "client {} in tenant {}",
+                identity.client_id, identity.tenant_id
+            ))
+            .surface(Arc::new(ImdsSurface {
+                tokens: tokens.clone(),
+            }))
+            .surface(Arc::new(AppServiceSurface {
+                tokens,
+                header: self.identity_header.clone(),
+            }));
+        for resource in &self.resources {
+            let label = resource.clone();
+            runtime = runtime.hold(Pinned::new(
+                scope_for(resource),
+                &cache,
+                scope_for(resource),
+                move |cred| {
+                    format!(
+                        "{label}: token of {} chars, expires {} (in {} s)",
+                        cred.value.access_token.len(),
+                        format_rfc3339(cred.expires_wall),
+                        seconds_left(cred)
+                    )
+                },
+            ));
         }
-        let mut parts = Vec::new();
-        for (resource, slot) in &self.pinned {
-            match slot.current() {
-                Some(cred) => parts.push(format!(
-                    "{resource}: token of {} chars, expires {} (in {} s)",
-                    cred.value.access_token.len(),
-                    format_rfc3339(cred.expires_wall),
-                    cred.remaining(tokio::time::Instant::now()).as_secs()
-                )),
-                None => {
-                    let why = slot.readiness().err().unwrap_or_default();
-                    return Err(format!("{resource}: {why}"));
-                }
-            }
-        }
-        Ok(format!("{who}; {}", parts.join("; ")))
+        Ok(runtime)
     }
 }
 

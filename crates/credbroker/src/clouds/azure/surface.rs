@@ -14,11 +14,11 @@ use http::{HeaderName, Method};
 use super::config::{Identity, check_resource, scope_for};
 use crate::clock::Clock;
 use crate::exchange::Exchange;
-use crate::http::guard;
+use crate::http::guard::Refusal;
 use crate::http::server::{Resp, json, respond};
 use crate::refresh::{Cache, Issued, Unavailable};
 use crate::secret::{Secret, WipedBuf, constant_time_eq};
-use crate::surface::{BoxFuture, Surface};
+use crate::surface::{BoxFuture, Claim, ErrorShape, Surface, no_credential};
 
 /// How long a request waits for an exchange in flight (typically a resource's first). Entra
 /// answers in well under a second; past this the caller gets a 503 and its SDK retries
@@ -233,18 +233,28 @@ pub fn render(
     respond(200, "application/json", WipedBuf::bytes(buf))
 }
 
-/// No token: 503 (every SDK retries it) unless Entra denied us for good, then its own 4xx
-/// status and `error`, with the AADSTS description.
-pub fn unavailable(u: &Unavailable) -> Resp {
-    let status = u.http_status(400);
-    match u {
-        Unavailable::Pending => error_body(
-            status,
-            "temporarily_unavailable",
-            "the token is being fetched; retry shortly",
-        ),
-        Unavailable::Failed(e) => error_body(status, &e.code, &e.message),
+/// Azure's "no token": `{error, error_description}`, Entra's own 4xx and `error` with the AADSTS
+/// description after a denial (400 when it came without one).
+pub struct AzureErrors;
+
+impl ErrorShape for AzureErrors {
+    const DENIED: u16 = 400;
+
+    fn no_credential(status: u16, why: &Unavailable) -> Resp {
+        match why {
+            Unavailable::Failed(e) => error_body(status, &e.code, &e.message),
+            Unavailable::Undelivered(why) => error_body(status, "temporarily_unavailable", why),
+            Unavailable::Pending | Unavailable::Expired => error_body(
+                status,
+                "temporarily_unavailable",
+                "the token is being fetched; retry shortly",
+            ),
+        }
     }
+}
+
+pub fn unavailable(why: &Unavailable) -> Resp {
+    no_credential::<AzureErrors>(why)
 }
 
 /// What both surfaces share: the per-scope cache, the identity and the clock.
@@ -321,9 +331,6 @@ pub struct ImdsSurface<E: Exchange<String, Credential = AzureToken>> {
 
 impl<E: Exchange<String, Credential = AzureToken>> ImdsSurface<E> {
     async fn serve(&self, req: &Parts) -> Resp {
-        if let Err(refusal) = guard::check(req) {
-            return Reject::bad(refusal.message()).render();
-        }
         let kind = imds_path(req.uri.path()).unwrap_or(ImdsPath::Other);
         match kind {
             ImdsPath::CredentialV2 => {
@@ -359,8 +366,12 @@ impl<E: Exchange<String, Credential = AzureToken>> Surface for ImdsSurface<E> {
         "azure-imds"
     }
 
-    fn claims(&self, path: &str) -> bool {
-        imds_path(path).is_some()
+    fn claims(&self) -> &'static [Claim] {
+        &[Claim::TreeIgnoreCase("/metadata")]
+    }
+
+    fn refuse(&self, refusal: Refusal) -> Resp {
+        Reject::bad(refusal.message()).render()
     }
 
     fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {
@@ -382,9 +393,6 @@ const IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-identity-header")
 
 impl<E: Exchange<String, Credential = AzureToken>> AppServiceSurface<E> {
     async fn serve(&self, req: &Parts) -> Resp {
-        if let Err(refusal) = guard::check(req) {
-            return Reject::bad(refusal.message()).render();
-        }
         let Some(expected) = &self.header else {
             return error_body(
                 404,
@@ -417,8 +425,12 @@ impl<E: Exchange<String, Credential = AzureToken>> Surface for AppServiceSurface
         "azure-app-service"
     }
 
-    fn claims(&self, path: &str) -> bool {
-        path == "/msi/token" || path == "/msi/token/"
+    fn claims(&self) -> &'static [Claim] {
+        &[Claim::Exact("/msi/token"), Claim::Exact("/msi/token/")]
+    }
+
+    fn refuse(&self, refusal: Refusal) -> Resp {
+        Reject::bad(refusal.message()).render()
     }
 
     fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {

@@ -13,11 +13,13 @@ use tokio::time::{Instant, sleep};
 use super::surface::{AppServiceSurface, AzureToken, Flavor, ImdsSurface, Tokens, render};
 use super::*;
 use crate::clock::{Clock, TokioClock};
+use crate::clouds::Cloud;
 use crate::exchange::{Exchange, ExchangeError, Fresh, Retry};
 use crate::metrics::Metrics;
-use crate::refresh::{Cache, KeyLimits, Unavailable};
+use crate::refresh::{Cache, Unavailable};
 use crate::secret::Secret;
 use crate::surface::Surface;
+use crate::testing::{claims, route};
 
 const CLIENT: &str = "3f9a1c2e-7b4d-4e8f-a1b2-c3d4e5f60718";
 const HEADER: &str = "identity-header-0123456789";
@@ -93,21 +95,15 @@ impl Exchange<String> for Script {
 struct Rig {
     ex: Arc<Scripted>,
     cache: Cache<String, Script>,
-    imds: ImdsSurface<Script>,
-    app: AppServiceSurface<Script>,
+    imds: Arc<ImdsSurface<Script>>,
+    app: Arc<AppServiceSurface<Script>>,
 }
 
 fn rig(life: Duration) -> Rig {
     let ex = Scripted::new(life);
-    let cache = Cache::build(
-        "azure",
-        Script(ex.clone()),
-        policy(),
-        Arc::new(ex.clock),
-        Arc::new(Metrics::new()),
-        None,
-        KeyLimits::default(),
-    );
+    let cache = Azure::cache_builder(Script(ex.clone()))
+        .clock(Arc::new(ex.clock))
+        .build();
     let tokens = Arc::new(Tokens {
         cache: cache.clone(),
         identity: Arc::new(Identity {
@@ -121,30 +117,29 @@ fn rig(life: Duration) -> Rig {
     Rig {
         ex,
         cache,
-        imds: ImdsSurface {
+        imds: Arc::new(ImdsSurface {
             tokens: tokens.clone(),
-        },
-        app: AppServiceSurface {
+        }),
+        app: Arc::new(AppServiceSurface {
             tokens,
             header: Some(Secret::new(HEADER)),
-        },
+        }),
     }
 }
 
 fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("host", "127.0.0.1:8189");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(()).unwrap().into_parts().0
+    let mut headers = headers.to_vec();
+    headers.push(("host", "127.0.0.1:8189"));
+    crate::testing::parts(method, uri, &headers)
 }
 
-async fn call(surface: &dyn Surface, req: Parts) -> (u16, serde_json::Value) {
-    assert!(surface.claims(req.uri.path()), "{} unclaimed", req.uri);
-    let resp = surface.handle(&req).await;
+async fn call(surface: Arc<dyn Surface>, req: Parts) -> (u16, serde_json::Value) {
+    assert!(
+        claims(surface.as_ref(), req.uri.path()),
+        "{} unclaimed",
+        req.uri
+    );
+    let resp = route(surface, req).await;
     let status = resp.status().as_u16();
     assert_eq!(resp.headers()["content-type"], "application/json");
     let body = http_body_util::BodyExt::collect(resp.into_body())
@@ -158,7 +153,7 @@ const MGMT: &str =
     "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/";
 
 async fn imds(r: &Rig, uri: &str) -> (u16, serde_json::Value) {
-    call(&r.imds, parts("GET", uri, &[("metadata", "true")])).await
+    call(r.imds.clone(), parts("GET", uri, &[("metadata", "true")])).await
 }
 
 #[test]
@@ -178,11 +173,15 @@ fn command_line_is_consistent_and_parses_azure_flags() {
         panic!("not serve");
     };
     assert_eq!(
-        args.clouds.azure.azure_resources,
+        args.clouds.of::<Flags>().azure_resources,
         ["https://vault.azure.net", "https://management.azure.com/"]
     );
     assert_eq!(
-        args.clouds.azure.azure_identity_header.unwrap().expose(),
+        args.clouds
+            .of::<Flags>()
+            .azure_identity_header
+            .unwrap()
+            .expose(),
         HEADER
     );
     let e = crate::cli::Cli::try_parse_from([
@@ -366,19 +365,19 @@ async fn imds_response_has_every_value_as_a_string() {
 async fn imds_request_rules() {
     let r = rig(Duration::from_secs(3599));
     // Metadata: true is required, answered at once (probes send none).
-    let (s, b) = call(&r.imds, parts("GET", MGMT, &[])).await;
+    let (s, b) = call(r.imds.clone(), parts("GET", MGMT, &[])).await;
     assert_eq!(
         (s, b["error_description"].as_str().unwrap()),
         (400, "Required metadata header not specified")
     );
-    let (s, _) = call(&r.imds, parts("GET", MGMT, &[("metadata", "false")])).await;
+    let (s, _) = call(r.imds.clone(), parts("GET", MGMT, &[("metadata", "false")])).await;
     assert_eq!(s, 400);
     let probe = parts("GET", "/metadata/identity/oauth2/token", &[]);
-    assert_eq!(call(&r.imds, probe).await.0, 400);
+    assert_eq!(call(r.imds.clone(), probe).await.0, 400);
     assert_eq!(r.ex.calls(), 0, "rejected requests reach no exchange");
     // X-Forwarded-For is refused.
     let (s, _) = call(
-        &r.imds,
+        r.imds.clone(),
         parts(
             "GET",
             MGMT,
@@ -450,32 +449,36 @@ async fn imds_request_rules() {
         }
     }
     // Other methods, other metadata paths, and the ImdsV2 probe (no IMDS Server header).
-    let (s, _) = call(&r.imds, parts("POST", MGMT, &[("metadata", "true")])).await;
+    let (s, _) = call(r.imds.clone(), parts("POST", MGMT, &[("metadata", "true")])).await;
     assert_eq!(s, 405);
     let v2 = parts(
         "POST",
         "/metadata/identity/credential?cred-api-version=1.0",
         &[("metadata", "true")],
     );
-    let resp = r.imds.handle(&v2).await;
+    let resp = route(r.imds.clone(), v2).await;
     assert_eq!(resp.status(), 404);
     assert!(resp.headers().get("server").is_none());
     let (s, _) = imds(&r, "/metadata/instance?api-version=2021-02-01").await;
     assert_eq!(s, 404);
-    assert!(!r.imds.claims("/metadataX/identity/oauth2/token"));
-    assert!(!r.imds.claims("/computeMetadata/v1/"));
+    assert!(!claims(r.imds.as_ref(), "/metadataX/identity/oauth2/token"));
+    assert!(!claims(r.imds.as_ref(), "/computeMetadata/v1/"));
 }
 
 #[tokio::test(start_paused = true)]
 async fn app_service_rules() {
     let r = rig(Duration::from_secs(3599));
     let uri = "/msi/token?api-version=2019-08-01&resource=https://vault.azure.net";
-    let (s, _) = call(&r.app, parts("GET", uri, &[])).await;
+    let (s, _) = call(r.app.clone(), parts("GET", uri, &[])).await;
     assert_eq!(s, 400, "missing X-IDENTITY-HEADER");
-    let (s, _) = call(&r.app, parts("GET", uri, &[("x-identity-header", "wrong")])).await;
+    let (s, _) = call(
+        r.app.clone(),
+        parts("GET", uri, &[("x-identity-header", "wrong")]),
+    )
+    .await;
     assert_eq!(s, 401);
     let (s, _) = call(
-        &r.app,
+        r.app.clone(),
         parts(
             "GET",
             uri,
@@ -488,7 +491,11 @@ async fn app_service_rules() {
     .await;
     assert_eq!(s, 400);
     assert_eq!(r.ex.calls(), 0);
-    let (s, b) = call(&r.app, parts("GET", uri, &[("x-identity-header", HEADER)])).await;
+    let (s, b) = call(
+        r.app.clone(),
+        parts("GET", uri, &[("x-identity-header", HEADER)]),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     assert!(b.as_object().unwrap().values().all(|v| v.is_string()));
     assert_eq!(b["resource"], "https://vault.azure.net");
@@ -510,7 +517,7 @@ async fn app_service_rules() {
         ),
     ] {
         let (s, b) = call(
-            &r.app,
+            r.app.clone(),
             parts(
                 "GET",
                 &format!("/msi/token?{query}"),
@@ -521,11 +528,11 @@ async fn app_service_rules() {
         assert_eq!(s, status, "{query}: {b}");
     }
     // Without --azure-identity-header the endpoint is off.
-    let off = AppServiceSurface {
+    let off = Arc::new(AppServiceSurface {
         tokens: r.app.tokens.clone(),
         header: None,
-    };
-    let (s, _) = call(&off, parts("GET", uri, &[("x-identity-header", HEADER)])).await;
+    });
+    let (s, _) = call(off, parts("GET", uri, &[("x-identity-header", HEADER)])).await;
     assert_eq!(s, 404);
 }
 

@@ -15,28 +15,39 @@ pub use keys::{IdFormat, IdKey, ScopeSet};
 use sts::{AccessToken, CLOUD_PLATFORM, GoogleClient, SubjectSource};
 use surface::{MetadataSurface, MetadataTree};
 
-use super::{AppEnv, CloudConfig, CloudRuntime, Shared};
+use super::runtime::seconds_left;
+use super::{AppEnv, Cloud, CloudConfig, Pinned, Runtime, Shared};
 use crate::clock::Clock;
-use crate::config::{ConfigError, readable_file};
+use crate::config::{ConfigError, Env};
 use crate::exchange::{Exchange, ExchangeError, Fresh};
-use crate::refresh::{Cache, KeyLimits, Policy, Slot};
+use crate::refresh::{Cache, KeyLimits, Policy};
 use crate::secret::Secret;
-use crate::surface::Surface;
 use crate::timefmt::format_rfc3339;
 
-/// Node's google-auth-library refreshes 5 min before expiry (Python and Java 3m45s, Go 225 s),
-/// and GCE's own metadata server hands out a cached token until 5 min remain (§2.5).
-pub const SDK_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// GCP, as the registry declares it.
+pub struct Gcp;
+
+impl Cloud for Gcp {
+    const NAME: &'static str = "gcp";
+    const TITLE: &'static str = "GCP";
+    const ENABLED_BY: &'static str =
+        "GOOGLE_APPLICATION_CREDENTIALS naming an external_account file";
+    /// Node's google-auth-library refreshes 5 min before expiry (Python and Java 3m45s, Go
+    /// 225 s), and GCE's own metadata server hands out a cached token until 5 min remain
+    /// (docs/gcp.md, "Refresh windows").
+    const SDK_WINDOW: Duration = Duration::from_secs(5 * 60);
+    type Flags = Flags;
+    type Config = GcpConfig;
+
+    fn detect(env: &Env, flags: &Flags) -> Result<Option<GcpConfig>, ConfigError> {
+        GcpConfig::from_env(env, flags)
+    }
+}
 
 /// How long a Google ID token is reused. Go assumes an ID token from the metadata server is
 /// valid for 1 h *from fetch* and refreshes it 5 min early, so a token we hand out must be
 /// young: at most this old (§5 suggests 2–3 min).
 pub const ID_TOKEN_REUSE: Duration = Duration::from_secs(3 * 60);
-
-/// Access tokens: half-life, and never later than 10 min before expiry.
-pub fn access_policy() -> Policy {
-    Policy::for_sdk_window(SDK_WINDOW)
-}
 
 /// ID tokens are given an effective lifetime of [`ID_TOKEN_REUSE`]; with no SDK window the
 /// policy refreshes them at about half of it while they are in use.
@@ -122,23 +133,15 @@ impl Exchange<IdKey> for IdExchange {
 pub type AccessCache = Cache<ScopeSet, AccessExchange>;
 pub type IdCache = Cache<IdKey, IdExchange>;
 
-pub struct GcpRuntime {
-    access: AccessCache,
-    default_slot: Arc<Slot<AccessToken>>,
-    default_scopes: ScopeSet,
-    identity: String,
-    surfaces: Vec<Arc<dyn Surface>>,
-}
-
 impl CloudConfig for GcpConfig {
     fn name(&self) -> &'static str {
-        "gcp"
+        Gcp::NAME
     }
 
     fn app_env(&self, listen: SocketAddr) -> AppEnv {
         let host = listen.to_string();
         AppEnv {
-            cloud: "gcp",
+            cloud: Gcp::NAME,
             exports: vec![
                 ("GCE_METADATA_HOST".into(), host.clone()),
                 // Python pings this one; node uses it for every call.
@@ -163,7 +166,19 @@ impl CloudConfig for GcpConfig {
         }
     }
 
-    fn start(self: Box<Self>, shared: &Shared) -> Result<Arc<dyn CloudRuntime>, ConfigError> {
+    fn try_it(&self, listen: SocketAddr) -> Vec<String> {
+        vec![
+            format!(
+                "curl -s -H 'Metadata-Flavor: Google' http://{listen}/computeMetadata/v1/instance/service-accounts/default/token"
+            ),
+            format!(
+                "# with google-auth installed: env -i PATH=\"$PATH\" GCE_METADATA_HOST={listen} GCE_METADATA_IP={listen} \
+                 python3 -c 'import google.auth, google.auth.transport.requests as r; c, p = google.auth.default(); c.refresh(r.Request()); print(p, c.token[:12])'"
+            ),
+        ]
+    }
+
+    fn start(self: Box<Self>, shared: &Shared) -> Result<Runtime, ConfigError> {
         const SUBJECT: &str = "GOOGLE_APPLICATION_CREDENTIALS: credential_source.file";
         let (subject, watched) = match &self.token_format {
             config::SubjectFormat::Text => {
@@ -171,7 +186,7 @@ impl CloudConfig for GcpConfig {
                 (SubjectSource::Watched(token.clone()), Some(token))
             }
             config::SubjectFormat::Json { field } => {
-                readable_file(SUBJECT, &self.token_file)?;
+                shared.env.readable_file(SUBJECT, &self.token_file)?;
                 (
                     SubjectSource::JsonFile {
                         path: self.token_file.clone(),
@@ -190,35 +205,29 @@ impl CloudConfig for GcpConfig {
             client_auth: self.client_auth.clone(),
             clock: shared.clock.clone(),
         });
-        let changes = || watched.as_ref().map(|t| t.changes());
-        let access = Cache::build(
-            "gcp",
+        let access = Gcp::cache(
+            shared,
             AccessExchange {
                 client: client.clone(),
                 impersonation: self.impersonation.clone(),
             },
-            access_policy(),
-            shared.clock.clone(),
-            shared.metrics.clone(),
-            changes(),
-            KeyLimits::default(),
-        );
+            watched.as_deref(),
+        )
+        .build();
         let default_scopes = ScopeSet::default_set();
-        let default_slot = access.pin(default_scopes.clone());
         let ids = self.impersonation.clone().map(|impersonation| {
-            Cache::build(
-                "gcp",
+            Gcp::cache(
+                shared,
                 IdExchange {
                     client: client.clone(),
                     impersonation,
                     clock: shared.clock.clone(),
                 },
-                id_policy(),
-                shared.clock.clone(),
-                shared.metrics.clone(),
-                changes(),
-                ID_LIMITS,
+                watched.as_deref(),
             )
+            .policy(id_policy())
+            .limits(ID_LIMITS)
+            .build()
         });
         let email = self.email();
         let tree = MetadataTree::build(&self, &email, &default_scopes);
@@ -244,40 +253,22 @@ impl CloudConfig for GcpConfig {
             project_id = self.project_id.as_deref(),
             "gcp enabled"
         );
-        Ok(Arc::new(GcpRuntime {
-            access,
-            default_slot,
+        let scopes = default_scopes.to_string();
+        let pinned = Pinned::new(
+            default_scopes.to_string(),
+            &access,
             default_scopes,
-            identity,
-            surfaces: vec![Arc::new(surface)],
-        }))
-    }
-}
-
-impl CloudRuntime for GcpRuntime {
-    fn name(&self) -> &'static str {
-        "gcp"
-    }
-
-    fn surfaces(&self) -> Vec<Arc<dyn Surface>> {
-        self.surfaces.clone()
-    }
-
-    fn readiness(&self) -> Result<(), String> {
-        self.access.readiness()
-    }
-
-    fn summary(&self) -> Result<String, String> {
-        match self.default_slot.current() {
-            Some(cred) => Ok(format!(
-                "{}: access token for {} expires {} (in {} s)",
-                self.identity,
-                self.default_scopes,
-                format_rfc3339(cred.expires_wall),
-                cred.remaining(tokio::time::Instant::now()).as_secs()
-            )),
-            None => Err(self.default_slot.readiness().err().unwrap_or_default()),
-        }
+            move |cred| {
+                format!(
+                    "{identity}: access token for {scopes} expires {} (in {} s)",
+                    format_rfc3339(cred.expires_wall),
+                    seconds_left(cred)
+                )
+            },
+        );
+        Ok(Runtime::new(Gcp::NAME)
+            .surface(Arc::new(surface))
+            .hold(pinned))
     }
 }
 

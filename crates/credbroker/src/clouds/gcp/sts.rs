@@ -127,7 +127,7 @@ impl GoogleClient {
             req = req.basic_auth(id, Some(secret.expose()));
         }
         let started = self.clock.wall();
-        let body = send(req).await?;
+        let body = send(req, self.clock.as_ref()).await?;
         parse_sts_success(&body, started)
     }
 
@@ -145,7 +145,7 @@ impl GoogleClient {
             .post(url.clone())
             .bearer_auth(federated.token.expose())
             .json(&body);
-        let body = send(req).await?;
+        let body = send(req, self.clock.as_ref()).await?;
         parse_access_token_success(&body)
     }
 
@@ -163,7 +163,7 @@ impl GoogleClient {
             .post(url.clone())
             .bearer_auth(federated.token.expose())
             .json(&body);
-        let body = send(req).await?;
+        let body = send(req, self.clock.as_ref()).await?;
         parse_id_token_success(&body)
     }
 }
@@ -236,10 +236,13 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], who: &str) -> Result<T, Exch
 }
 
 /// Sends, and turns a non-200 into a classified error.
-async fn send(req: reqwest::RequestBuilder) -> Result<zeroize::Zeroizing<Vec<u8>>, ExchangeError> {
+async fn send(
+    req: reqwest::RequestBuilder,
+    clock: &dyn crate::clock::Clock,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, ExchangeError> {
     let resp = req.send().await.map_err(|e| transport_error(&e))?;
     let status = resp.status().as_u16();
-    let after = retry_after(resp.headers());
+    let after = retry_after(resp.headers(), clock);
     let body = zeroize::Zeroizing::new(read_capped(resp, MAX_RESPONSE_BYTES).await?.to_vec());
     if status == 200 {
         Ok(body)

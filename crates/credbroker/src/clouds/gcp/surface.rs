@@ -22,11 +22,11 @@ use super::keys::{IdFormat, IdKey, ScopeSet};
 use super::sts::AccessToken;
 use super::{AccessExchange, IdExchange};
 use crate::exchange::Exchange;
-use crate::http::guard;
+use crate::http::guard::Refusal;
 use crate::http::server::{Resp, json, respond};
 use crate::refresh::{Cache, Unavailable};
 use crate::secret::{Secret, WipedBuf};
-use crate::surface::{BoxFuture, Surface};
+use crate::surface::{BoxFuture, Claim, ErrorShape, Surface, no_credential};
 use crate::token::TokenSource;
 
 /// How long a request waits for an exchange in flight. Python and node give up on the metadata
@@ -221,24 +221,52 @@ fn error(status: u16, message: &str) -> Resp {
     text(status, format!("{message}\n"))
 }
 
-fn unavailable(u: &Unavailable) -> Resp {
-    match u {
-        Unavailable::Pending => error(503, "credbroker: the token is being fetched; retry shortly"),
-        Unavailable::Failed(e) if e.is_transient() => {
-            error(503, &format!("upstream failed, retrying: {e}"))
-        }
-        Unavailable::Failed(e) => {
-            let status = if e.status == Some(404) { 404 } else { 403 };
-            error(status, &e.to_string())
+/// GCE's "no token": plain text. A denial without an upstream 4xx is 403, as GKE's metadata
+/// server answers a missing `roles/iam.workloadIdentityUser` binding; the upstream's own 4xx
+/// otherwise, like every cloud here. No client tells 400 from 403 (google-auth Python raises
+/// the same `TransportError` for both, Go's metadata client singles out only 404 as "not
+/// defined"), so GCP needs no rule of its own.
+struct GceErrors;
+
+impl ErrorShape for GceErrors {
+    const DENIED: u16 = 403;
+
+    fn no_credential(status: u16, why: &Unavailable) -> Resp {
+        match why {
+            Unavailable::Failed(e) if e.is_transient() => {
+                error(status, &format!("upstream failed, retrying: {e}"))
+            }
+            Unavailable::Failed(e) => error(status, &e.to_string()),
+            Unavailable::Undelivered(why) => error(status, why),
+            Unavailable::Pending | Unavailable::Expired => error(
+                status,
+                "credbroker: the token is being fetched; retry shortly",
+            ),
         }
     }
+}
+
+fn unavailable(why: &Unavailable) -> Resp {
+    no_credential::<GceErrors>(why)
 }
 
 fn wiped(bytes: Vec<u8>) -> Bytes {
     WipedBuf::bytes(bytes)
 }
 
-/// The token response (reference/gcp.md §2.4).
+/// Every answer carries `Metadata-Flavor: Google` (node's gcp-metadata throws without it, even
+/// on errors) and the server name GCE sends.
+fn with_google_headers(mut resp: Resp) -> Resp {
+    let h = resp.headers_mut();
+    h.insert(FLAVOR, HeaderValue::from_static("Google"));
+    h.insert(
+        http::header::SERVER,
+        HeaderValue::from_static("Metadata Server for VM"),
+    );
+    resp
+}
+
+/// The token response (docs/gcp.md, "Metadata server").
 #[derive(Serialize)]
 struct TokenBody<'a> {
     access_token: &'a str,
@@ -303,9 +331,6 @@ where
     I: Exchange<IdKey, Credential = Secret>,
 {
     async fn serve(&self, req: &Parts) -> Resp {
-        if let Err(refusal) = guard::check(req) {
-            return error(403, refusal.message());
-        }
         if req.method != Method::GET && req.method != Method::HEAD {
             return error(405, "Method Not Allowed");
         }
@@ -435,21 +460,16 @@ where
         "gcp-metadata"
     }
 
-    fn claims(&self, path: &str) -> bool {
-        path == "/" || path == "/computeMetadata" || path.starts_with("/computeMetadata/")
+    fn claims(&self) -> &'static [Claim] {
+        &[Claim::Exact("/"), Claim::Tree("/computeMetadata")]
+    }
+
+    fn refuse(&self, refusal: Refusal) -> Resp {
+        with_google_headers(error(403, refusal.message()))
     }
 
     fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {
-        Box::pin(async move {
-            let mut resp = self.serve(req).await;
-            let h = resp.headers_mut();
-            h.insert(FLAVOR, HeaderValue::from_static("Google"));
-            h.insert(
-                http::header::SERVER,
-                HeaderValue::from_static("Metadata Server for VM"),
-            );
-            resp
-        })
+        Box::pin(async move { with_google_headers(self.serve(req).await) })
     }
 }
 

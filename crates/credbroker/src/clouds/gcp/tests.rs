@@ -1,5 +1,6 @@
 //! GCP under tokio's paused time: the refresh margins, single flight per key, young ID tokens,
-//! and every metadata-server rule, driven through `Surface::handle` with fake exchangers.
+//! and every metadata-server rule, driven through the router (guard included) with fake
+//! exchangers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,15 +15,15 @@ use tokio::time::{Instant, advance, sleep};
 use super::keys::{IdKey, ScopeSet};
 use super::sts::AccessToken;
 use super::surface::{MetadataSurface, MetadataTree, WAIT};
-use super::{GcpConfig, ID_TOKEN_REUSE, access_policy, id_policy};
+use super::{Gcp, GcpConfig, ID_TOKEN_REUSE, id_policy};
 use crate::clock::{Clock, TokioClock};
+use crate::clouds::Cloud;
 use crate::config::Env;
 use crate::exchange::{Exchange, ExchangeError, Fresh};
 use crate::http::server::Resp;
 use crate::metrics::Metrics;
-use crate::refresh::{Cache, KeyLimits};
 use crate::secret::Secret;
-use crate::surface::Surface;
+use crate::testing::{claims, route};
 
 /// Issues `ya29.N.<scopes>` tokens living `life`, after `delay`; fails while `fail` is set.
 struct FakeAccess {
@@ -118,49 +119,40 @@ fn config(impersonate: bool) -> GcpConfig {
 }
 
 struct Rig {
-    surface: MetadataSurface<FakeAccess, FakeId>,
+    surface: Arc<MetadataSurface<FakeAccess, FakeId>>,
 }
 
 impl Rig {
     fn new(impersonate: bool, life: Duration, delay: Duration) -> Rig {
         let clock: Arc<dyn Clock> = Arc::new(TokioClock::now_wall());
         let metrics = Arc::new(Metrics::new());
-        let access = Cache::build(
-            "gcp",
-            FakeAccess::new(clock.clone(), life, delay),
-            access_policy(),
-            clock.clone(),
-            metrics.clone(),
-            None,
-            KeyLimits::default(),
-        );
+        let access = Gcp::cache_builder(FakeAccess::new(clock.clone(), life, delay))
+            .clock(clock.clone())
+            .metrics(metrics.clone())
+            .build();
         let default_scopes = ScopeSet::default_set();
         access.pin(default_scopes.clone());
         let ids = impersonate.then(|| {
-            Cache::build(
-                "gcp",
-                FakeId {
-                    clock: clock.clone(),
-                    calls: AtomicUsize::new(0),
-                },
-                id_policy(),
-                clock.clone(),
-                metrics.clone(),
-                None,
-                KeyLimits::default(),
-            )
+            Gcp::cache_builder(FakeId {
+                clock: clock.clone(),
+                calls: AtomicUsize::new(0),
+            })
+            .policy(id_policy())
+            .clock(clock.clone())
+            .metrics(metrics.clone())
+            .build()
         });
         let cfg = config(impersonate);
         let email = cfg.email();
         Rig {
-            surface: MetadataSurface {
+            surface: Arc::new(MetadataSurface {
                 access,
                 tree: MetadataTree::build(&cfg, &email, &default_scopes),
                 default_scopes,
                 ids,
                 email,
                 ksa: None,
-            },
+            }),
         }
     }
 
@@ -177,8 +169,11 @@ impl Rig {
             b = b.header(*k, *v);
         }
         let parts = b.body(()).unwrap().into_parts().0;
-        assert!(self.surface.claims(parts.uri.path()), "{path} not claimed");
-        let resp: Resp = self.surface.handle(&parts).await;
+        assert!(
+            claims(self.surface.as_ref(), parts.uri.path()),
+            "{path} not claimed"
+        );
+        let resp: Resp = route(self.surface.clone(), parts).await;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -541,11 +536,11 @@ async fn unknown_legacy_and_unsupported_paths() {
         assert_eq!(status, 404, "{path}");
         assert_eq!(h["metadata-flavor"], "Google");
     }
-    assert!(
-        !rig.surface
-            .claims("/0.1/meta-data/service-accounts/default/acquire")
-    );
-    assert!(!rig.surface.claims("/latest/meta-data/"));
+    assert!(!claims(
+        rig.surface.as_ref(),
+        "/0.1/meta-data/service-accounts/default/acquire"
+    ));
+    assert!(!claims(rig.surface.as_ref(), "/latest/meta-data/"));
     let (status, _, _) = rig
         .md("instance/service-accounts/default/token?wait_for_change=true")
         .await;
@@ -555,7 +550,7 @@ async fn unknown_legacy_and_unsupported_paths() {
         .uri("/computeMetadata/v1/project/project-id");
     b = b.header("metadata-flavor", "Google");
     let parts = b.body(()).unwrap().into_parts().0;
-    assert_eq!(rig.surface.handle(&parts).await.status(), 405);
+    assert_eq!(route(rig.surface.clone(), parts).await.status(), 405);
 }
 
 #[tokio::test(start_paused = true)]

@@ -8,6 +8,8 @@
 
 use std::path::Path;
 
+use crate::fs::Fs;
+
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
 use aws_lc_rs::rsa::{KeyPair, KeySize};
 use aws_lc_rs::signature::KeyPair as _;
@@ -96,8 +98,12 @@ impl PodKey {
 
     /// The key in `path` if it holds a usable one, else a new key. Only an unreadable file
     /// (not a missing or invalid one) is an error: the broker could not replace it either.
-    pub fn load_or_generate(path: &Path) -> Result<(PodKey, KeyOrigin), std::io::Error> {
-        match std::fs::read(path) {
+    pub fn load_or_generate(
+        fs: &dyn Fs,
+        path: &Path,
+    ) -> Result<(PodKey, KeyOrigin), std::io::Error> {
+        // An RSA-2048 PEM is under 2 KiB; anything far larger is not a key of ours.
+        match fs.read(path, 64 * 1024) {
             Ok(bytes) => {
                 let loaded = PodKey::from_pem(&bytes);
                 drop(zeroize::Zeroizing::new(bytes));
@@ -109,6 +115,10 @@ impl PodKey {
                     )),
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => Ok((
+                PodKey::generate().map_err(std::io::Error::other)?,
+                KeyOrigin::Replaced("the key file is larger than 64 KiB".into()),
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((
                 PodKey::generate().map_err(std::io::Error::other)?,
                 KeyOrigin::Generated,
@@ -266,16 +276,16 @@ mod tests {
 
     #[test]
     fn load_or_generate_reuses_a_valid_file_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("private.pem");
-        let (first, origin) = PodKey::load_or_generate(&path).unwrap();
+        let fs = crate::fs::MemFs::new();
+        let path = Path::new("/run/oci/private.pem");
+        let (first, origin) = PodKey::load_or_generate(&fs, path).unwrap();
         assert_eq!(origin, KeyOrigin::Generated);
-        std::fs::write(&path, first.private_pem().expose()).unwrap();
-        let (again, origin) = PodKey::load_or_generate(&path).unwrap();
+        fs.insert(path, first.private_pem().expose());
+        let (again, origin) = PodKey::load_or_generate(&fs, path).unwrap();
         assert_eq!(origin, KeyOrigin::Reused);
         assert_eq!(again.spki_der(), first.spki_der());
-        std::fs::write(&path, "not a key").unwrap();
-        let (fresh, origin) = PodKey::load_or_generate(&path).unwrap();
+        fs.insert(path, "not a key");
+        let (fresh, origin) = PodKey::load_or_generate(&fs, path).unwrap();
         assert!(matches!(origin, KeyOrigin::Replaced(_)));
         assert_ne!(fresh.spki_der(), first.spki_der());
     }

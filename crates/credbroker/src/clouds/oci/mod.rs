@@ -19,22 +19,32 @@ use key::{KeyOrigin, PodKey};
 use proxymux::{ProxymuxClient, Rpst};
 use writer::{FileWriter, OciFiles};
 
-use super::{AppEnv, CloudConfig, CloudRuntime, Shared};
+use super::runtime::seconds_left;
+use super::{AppEnv, Cloud, CloudConfig, Pinned, Runtime, Shared};
 use crate::clock::from_unix;
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Env};
 use crate::exchange::{Exchange, ExchangeError, Fresh};
 use crate::http::client::{ClientOptions, build_client, load_pem_certs, tls_config};
-use crate::refresh::{Cache, KeyLimits, Policy, Slot};
-use crate::surface::Surface;
+use crate::refresh::{NotReady, Slot};
 use crate::timefmt::format_rfc3339;
 
-/// Go re-reads the files, and refreshes its own RPSTs, once less than 5 minutes remain
-/// (`bufferTimeBeforeTokenExpiration`); the refresher keeps the file clear of that window, and
-/// otherwise rewrites it at half-life with jitter as Go and Java do.
-pub const SDK_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// OCI, as the registry declares it.
+pub struct Oci;
 
-pub fn policy() -> Policy {
-    Policy::for_sdk_window(SDK_WINDOW)
+impl Cloud for Oci {
+    const NAME: &'static str = "oci";
+    const TITLE: &'static str = "OCI";
+    const ENABLED_BY: &'static str = "OCI_RESOURCE_PRINCIPAL_REGION and --oci-output-dir";
+    /// Go re-reads the files, and refreshes its own RPSTs, once less than 5 minutes remain
+    /// (`bufferTimeBeforeTokenExpiration`, docs/oci.md); the refresher keeps the file clear of
+    /// that window, and otherwise rewrites it at half-life with jitter as Go and Java do.
+    const SDK_WINDOW: Duration = Duration::from_secs(5 * 60);
+    type Flags = Flags;
+    type Config = OciConfig;
+
+    fn detect(env: &Env, flags: &Flags) -> Result<Option<OciConfig>, ConfigError> {
+        OciConfig::from_env(env, flags)
+    }
 }
 
 const CA_SUBJECT: &str = "OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH";
@@ -57,22 +67,15 @@ impl Exchange<String> for OciExchange {
     }
 }
 
+/// OCI started: the generic [`Runtime`], and the parts tests look into.
 pub struct OciRuntime {
-    cache: Cache<String, OciExchange>,
+    runtime: Runtime,
     slot: Arc<Slot<Rpst>>,
     writer: Arc<FileWriter>,
     key: Arc<PodKey>,
-    task: tokio::task::AbortHandle,
-}
-
-impl Drop for OciRuntime {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl OciRuntime {
-    /// The file writer (tests read its state).
     pub fn writer(&self) -> &Arc<FileWriter> {
         &self.writer
     }
@@ -84,6 +87,14 @@ impl OciRuntime {
     pub fn key(&self) -> &Arc<PodKey> {
         &self.key
     }
+
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        self.runtime.readiness()
+    }
+
+    pub fn summary(&self) -> Result<String, NotReady> {
+        self.runtime.summary()
+    }
 }
 
 impl OciConfig {
@@ -91,8 +102,8 @@ impl OciConfig {
         OciFiles::new(&self.output_dir, shared.file_mode)
     }
 
-    /// Starts OCI and returns the concrete runtime (what [`CloudConfig::start`] wraps).
-    pub fn start_runtime(self, shared: &Shared) -> Result<Arc<OciRuntime>, ConfigError> {
+    /// Starts OCI, returning its parts (what [`CloudConfig::start`] keeps the runtime of).
+    pub fn start_runtime(self, shared: &Shared) -> Result<OciRuntime, ConfigError> {
         let files = self.files(shared);
         files.prepare().map_err(|e| {
             ConfigError::new(
@@ -100,17 +111,18 @@ impl OciConfig {
                 format!("cannot create {}: {e}", self.output_dir.display()),
             )
         })?;
-        let certs = load_pem_certs(CA_SUBJECT, &self.ca_path)?;
-        let tls = tls_config(false, &certs).map_err(|e| ConfigError::new(CA_SUBJECT, e.problem))?;
+        let certs = load_pem_certs(&shared.env, CA_SUBJECT, &self.ca_path)?;
+        let tls = tls_config(None, &certs).map_err(|e| ConfigError::new(CA_SUBJECT, e.problem))?;
         let http = build_client(tls, &ClientOptions::default())?;
         let token = shared.tokens.get("--oci-token-file", &self.token_file)?;
 
-        let (key, origin) = PodKey::load_or_generate(&files.key_path()).map_err(|e| {
-            ConfigError::new(
-                "--oci-output-dir",
-                format!("cannot read {}: {}", files.key_path().display(), e.kind()),
-            )
-        })?;
+        let (key, origin) =
+            PodKey::load_or_generate(shared.env.fs(), &files.key_path()).map_err(|e| {
+                ConfigError::new(
+                    "--oci-output-dir",
+                    format!("cannot read {}: {}", files.key_path().display(), e.kind()),
+                )
+            })?;
         match &origin {
             KeyOrigin::Reused => {
                 tracing::info!(key = key.fingerprint(), "oci: reusing the pod key on disk")
@@ -138,18 +150,26 @@ impl OciConfig {
                 url: self.proxymux_url.clone(),
                 token: token.clone(),
                 key: key.clone(),
+                clock: shared.clock.clone(),
             },
         };
-        let cache = Cache::build(
-            "oci",
-            exchange,
-            policy(),
-            shared.clock.clone(),
-            shared.metrics.clone(),
-            Some(token.changes()),
-            KeyLimits::default(),
+        let cache = Oci::cache(shared, exchange, Some(&token)).build();
+        let pinned = Pinned::new(
+            key.fingerprint(),
+            &cache,
+            key.fingerprint().to_string(),
+            |cred| {
+                let c = &cred.value.claims;
+                format!(
+                    "rpst for {} (tenancy {}), expires {} (in {} s)",
+                    c.sub.as_deref().unwrap_or("?"),
+                    c.res_tenant.as_deref().unwrap_or("?"),
+                    format_rfc3339(cred.expires_wall),
+                    seconds_left(cred)
+                )
+            },
         );
-        let slot = cache.pin(key.fingerprint().to_string());
+        let slot = pinned.slot().clone();
         let writer = Arc::new(FileWriter::new(files, key.clone()));
         let task = tokio::spawn(writer.clone().run(slot.clone())).abort_handle();
         tracing::info!(
@@ -158,25 +178,28 @@ impl OciConfig {
             output_dir = %self.output_dir.display(),
             "oci enabled"
         );
-        Ok(Arc::new(OciRuntime {
-            cache,
+        let runtime = Runtime::new(Oci::NAME)
+            .hold(pinned)
+            .hold(writer.clone())
+            .task(task);
+        Ok(OciRuntime {
+            runtime,
             slot,
             writer,
             key,
-            task,
-        }))
+        })
     }
 }
 
 impl CloudConfig for OciConfig {
     fn name(&self) -> &'static str {
-        "oci"
+        Oci::NAME
     }
 
     fn app_env(&self, _listen: SocketAddr) -> AppEnv {
-        let files = OciFiles::new(&self.output_dir, crate::fsutil::FileMode::new(false));
+        let files = OciFiles::new(&self.output_dir, crate::fs::FileMode::new(false));
         AppEnv {
-            cloud: "oci",
+            cloud: Oci::NAME,
             exports: vec![
                 ("OCI_RESOURCE_PRINCIPAL_VERSION".into(), "2.2".into()),
                 (
@@ -202,41 +225,23 @@ impl CloudConfig for OciConfig {
         }
     }
 
-    fn start(self: Box<Self>, shared: &Shared) -> Result<Arc<dyn CloudRuntime>, ConfigError> {
-        let runtime: Arc<dyn CloudRuntime> = self.start_runtime(shared)?;
-        Ok(runtime)
-    }
-}
-
-impl CloudRuntime for OciRuntime {
-    fn name(&self) -> &'static str {
-        "oci"
-    }
-
-    fn surfaces(&self) -> Vec<Arc<dyn Surface>> {
-        Vec::new()
-    }
-
-    fn readiness(&self) -> Result<(), String> {
-        self.cache.readiness()?;
-        self.writer.readiness()
+    fn try_it(&self, _listen: SocketAddr) -> Vec<String> {
+        let files = OciFiles::new(&self.output_dir, crate::fs::FileMode::new(false));
+        vec![
+            format!("ls -l {}", self.output_dir.display()),
+            format!(
+                "# with the oci SDK installed: env -i PATH=\"$PATH\" OCI_API_ENDPOINT=\"$OCI_API_ENDPOINT\" OCI_RESOURCE_PRINCIPAL_VERSION=2.2 \
+                 OCI_RESOURCE_PRINCIPAL_RPST={} OCI_RESOURCE_PRINCIPAL_PRIVATE_PEM={} OCI_RESOURCE_PRINCIPAL_REGION={} python3 -c 'import oci, os; \
+                 s = oci.auth.signers.get_resource_principals_signer(); \
+                 print(oci.object_storage.ObjectStorageClient({{}}, signer=s, service_endpoint=os.environ[\"OCI_API_ENDPOINT\"]).get_namespace().data)'",
+                files.rpst_path().display(),
+                files.key_path().display(),
+                self.region
+            ),
+        ]
     }
 
-    fn summary(&self) -> Result<String, String> {
-        match self.slot.current() {
-            Some(cred) => {
-                let c = &cred.value.claims;
-                Ok(format!(
-                    "rpst for {} (tenancy {}), expires {} (in {} s); pod key {}; files in {}",
-                    c.sub.as_deref().unwrap_or("?"),
-                    c.res_tenant.as_deref().unwrap_or("?"),
-                    format_rfc3339(cred.expires_wall),
-                    cred.remaining(tokio::time::Instant::now()).as_secs(),
-                    self.key.fingerprint(),
-                    self.writer.files().dir().display()
-                ))
-            }
-            None => Err(self.slot.readiness().err().unwrap_or_default()),
-        }
+    fn start(self: Box<Self>, shared: &Shared) -> Result<Runtime, ConfigError> {
+        Ok(self.start_runtime(shared)?.runtime)
     }
 }

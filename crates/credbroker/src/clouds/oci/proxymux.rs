@@ -58,6 +58,8 @@ pub struct ProxymuxClient {
     pub url: Url,
     pub token: Arc<TokenSource>,
     pub key: Arc<PodKey>,
+    /// Reads `Retry-After` dates.
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 impl ProxymuxClient {
@@ -87,7 +89,7 @@ impl ProxymuxClient {
             .await
             .map_err(|e| transport_error(&e))?;
         let status = resp.status().as_u16();
-        let after = retry_after(resp.headers());
+        let after = retry_after(resp.headers(), self.clock.as_ref());
         let body = read_capped(resp, MAX_BODY_BYTES).await?;
         if (200..300).contains(&status) {
             parse_success(&body, &self.key)

@@ -20,8 +20,9 @@ use tokio::time::Instant;
 
 use super::key::PodKey;
 use super::proxymux::Rpst;
-use crate::fsutil::{FileMode, write_atomic};
-use crate::refresh::{Issued, Slot};
+use crate::clouds::Held;
+use crate::fs::{FileMode, write_atomic};
+use crate::refresh::{Issued, NotReady, Slot, Unavailable};
 use crate::secret::Secret;
 
 /// File names inside the output directory.
@@ -231,18 +232,36 @@ impl FileWriter {
     }
 
     /// `Ok` once both files exist and the RPST on disk is valid.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        const LABEL: &str = "rpst file";
         let state = self.state.lock();
         if let Some(err) = &state.error {
-            return Err(err.clone());
+            return Err(NotReady::new(LABEL, Unavailable::Undelivered(err.clone())));
         }
         let Some(written) = &state.written else {
-            return Err("no rpst written yet".into());
+            return Err(NotReady::new(LABEL, Unavailable::Pending));
         };
         if written.remaining(Instant::now()) <= VALID_FLOOR {
-            return Err("the rpst on disk has expired; refresh pending".into());
+            return Err(NotReady::new(LABEL, Unavailable::Expired));
         }
-        self.files.both_exist()
+        self.files
+            .both_exist()
+            .map_err(|why| NotReady::new(LABEL, Unavailable::Undelivered(why)))
+    }
+}
+
+impl Held for FileWriter {
+    fn readiness(&self) -> Result<(), NotReady> {
+        FileWriter::readiness(self)
+    }
+
+    fn summary(&self) -> Result<String, NotReady> {
+        self.readiness()?;
+        Ok(format!(
+            "pod key {}; files in {}",
+            self.key.fingerprint(),
+            self.files.dir().display()
+        ))
     }
 }
 
