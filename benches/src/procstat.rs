@@ -23,6 +23,7 @@ pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
 
 fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions; it only reads a system constant.
+    #[allow(unsafe_code)]
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if hz > 0 { hz as f64 } else { 100.0 }
 }

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import app_subprocess_env, http, run_json, start_broker, wait_for
+from conftest import app_subprocess_env, http, run_json, sidecar_env, start_broker, wait_for
 
 ROLE = "arn:aws:iam::123456789012:role/moto-role"
 
@@ -36,13 +36,9 @@ def moto(tmp_path_factory):
 
 
 def test_boto3_through_broker_gets_moto_credentials_moto_accepts(fakecloud, moto, tmp_path):
-    sidecar = {
-        "AWS_ROLE_ARN": ROLE,
-        # moto does not verify the token; the issuer's kubelet-style file is still what is sent.
-        "AWS_WEB_IDENTITY_TOKEN_FILE": fakecloud.token_path("aws"),
-        "AWS_ENDPOINT_URL_STS": moto,
-        "AWS_REGION": "us-east-1",
-    }
+    # The emulated pod's AWS sidecar, with moto as STS and moto's role. moto does not verify
+    # the token; the issuer's kubelet-style file is still what is sent.
+    sidecar = {**sidecar_env(fakecloud, "aws"), "AWS_ROLE_ARN": ROLE, "AWS_ENDPOINT_URL_STS": moto}
     broker = start_broker(tmp_path / "broker", sidecar)
     try:
         env = broker.app_env()

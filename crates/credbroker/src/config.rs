@@ -151,7 +151,7 @@ impl Env {
 }
 
 /// "`missing` is not set, but A and B are (CLOUD needs all of A, B and C)".
-pub fn half_set(cloud: &str, names: &[&str], set: &[bool], missing: usize) -> ConfigError {
+fn half_set(cloud: &str, names: &[&str], set: &[bool], missing: usize) -> ConfigError {
     let given: Vec<&str> = names
         .iter()
         .zip(set)
@@ -174,7 +174,7 @@ pub fn half_set(cloud: &str, names: &[&str], set: &[bool], missing: usize) -> Co
 }
 
 /// `a`, `a and b`, `a, b and c`.
-pub fn and_list(items: &[&str]) -> String {
+pub(crate) fn and_list(items: &[&str]) -> String {
     match items {
         [] => String::new(),
         [one] => one.to_string(),
@@ -183,7 +183,7 @@ pub fn and_list(items: &[&str]) -> String {
 }
 
 /// Region names and codes: lower-case letters, digits and hyphens.
-pub fn check_region(subject: &str, value: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_region(subject: &str, value: &str) -> Result<(), ConfigError> {
     let ok = !value.is_empty()
         && value
             .bytes()

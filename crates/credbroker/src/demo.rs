@@ -13,7 +13,10 @@ use crate::cli::{DemoArgs, ServeArgs, split_settings};
 use crate::clouds::CLOUDS;
 use crate::config::{ConfigError, Env};
 
-pub async fn run(args: DemoArgs, mut shutdown: watch::Receiver<bool>) -> Result<(), AppError> {
+pub(crate) async fn run(
+    args: DemoArgs,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AppError> {
     let state_dir = args.state_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("credbroker-demo-{}", std::process::id()))
     });

@@ -20,7 +20,7 @@ pub struct ExchangeLabels {
 }
 
 impl ExchangeLabels {
-    pub const OUTCOMES: [&'static str; 3] = ["success", "transient_error", "permanent_error"];
+    const OUTCOMES: [&'static str; 3] = ["success", "transient_error", "permanent_error"];
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

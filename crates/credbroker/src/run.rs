@@ -66,7 +66,7 @@ async fn demo(_args: crate::cli::DemoArgs) -> Result<(), AppError> {
 /// The tracing filter for `--log-level`. Our crates get the level asked for; libraries never log
 /// below `info`, because HTTP and TLS libraries at debug/trace can dump raw request bytes, and
 /// our requests carry service-account tokens. No secret is logged at any level.
-pub fn log_filter(level: &str) -> EnvFilter {
+pub(crate) fn log_filter(level: &str) -> EnvFilter {
     const LIBRARY_CAPS: &str =
         "hyper=info,hyper_util=info,reqwest=info,rustls=info,h2=info,notify=info";
     let level = level.trim();
@@ -91,7 +91,7 @@ fn init_logging(format: LogFormat, level: &str) {
 }
 
 /// Turns true on SIGTERM or SIGINT.
-pub fn shutdown_signal() -> watch::Receiver<bool> {
+pub(crate) fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         let mut term =

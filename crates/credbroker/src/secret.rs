@@ -86,9 +86,10 @@ impl Drop for WipedBuf {
 /// Zeroes `buf` with volatile stores that the compiler cannot elide, a word at a time: bodies
 /// holding tokens are wiped on every request of some surfaces, and `zeroize`'s byte loop
 /// over a 1 KiB body was a visible part of serving one.
-pub fn wipe(buf: &mut [u8]) {
+fn wipe(buf: &mut [u8]) {
     // SAFETY: every bit pattern is a valid u64, and `align_to_mut` only hands out the aligned
     // middle as words, so this is a reinterpretation of initialised bytes.
+    #[allow(unsafe_code)]
     let (head, words, tail) = unsafe { buf.align_to_mut::<u64>() };
     head.zeroize();
     words.zeroize();

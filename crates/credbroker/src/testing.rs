@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::surface::{Router, Surface};
 
 /// A request head.
-pub fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
+pub(crate) fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
     let mut b = http::Request::builder().method(method).uri(uri);
     for (k, v) in headers {
         b = b.header(*k, *v);
@@ -21,7 +21,7 @@ pub fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
 }
 
 /// `req` answered as the credential listener would: routed, guarded, handled.
-pub async fn route(surface: Arc<dyn Surface>, req: Parts) -> Resp {
+pub(crate) async fn route(surface: Arc<dyn Surface>, req: Parts) -> Resp {
     Router::new(vec![surface], Arc::new(Metrics::new()))
         .expect("one surface cannot conflict")
         .call(req)
@@ -29,13 +29,13 @@ pub async fn route(surface: Arc<dyn Surface>, req: Parts) -> Resp {
 }
 
 /// Whether `surface` claims `path`.
-pub fn claims(surface: &dyn Surface, path: &str) -> bool {
+pub(crate) fn claims(surface: &dyn Surface, path: &str) -> bool {
     surface.claims().iter().any(|c| c.matches(path))
 }
 
 /// A wall clock stopped at one instant.
 #[derive(Debug, Clone, Copy)]
-pub struct FixedClock(pub SystemTime);
+pub(crate) struct FixedClock(pub SystemTime);
 
 impl Clock for FixedClock {
     fn wall(&self) -> SystemTime {
@@ -44,4 +44,4 @@ impl Clock for FixedClock {
 }
 
 /// A self-signed CA certificate (PEM), for parsing tests that need no file.
-pub const TEST_CA_PEM: &str = include_str!("../tests/data/test-ca.pem");
+pub(crate) const TEST_CA_PEM: &str = include_str!("../tests/data/test-ca.pem");

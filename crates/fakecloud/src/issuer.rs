@@ -346,7 +346,7 @@ mod der {
     const OCTET_STRING: u8 = 0x04;
 
     /// PKCS#8 `PrivateKeyInfo ::= SEQUENCE { version INTEGER, algorithm SEQUENCE, privateKey OCTET STRING, .. }`.
-    pub fn pkcs8_inner_key(pkcs8: &[u8]) -> Option<&[u8]> {
+    pub(super) fn pkcs8_inner_key(pkcs8: &[u8]) -> Option<&[u8]> {
         let (SEQUENCE, body, _) = tlv(pkcs8)? else {
             return None;
         };
@@ -364,7 +364,7 @@ mod der {
 
     /// `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`, returned
     /// without the sign-padding zero byte.
-    pub fn rsa_public_components(der: &[u8]) -> Option<(&[u8], &[u8])> {
+    pub(super) fn rsa_public_components(der: &[u8]) -> Option<(&[u8], &[u8])> {
         let (SEQUENCE, body, _) = tlv(der)? else {
             return None;
         };

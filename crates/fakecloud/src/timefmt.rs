@@ -4,12 +4,12 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Whole seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     since_epoch(SystemTime::now()).as_secs()
 }
 
 /// Seconds since the Unix epoch with sub-second precision (used in request logs).
-pub fn unix_now_f64() -> f64 {
+pub(crate) fn unix_now_f64() -> f64 {
     since_epoch(SystemTime::now()).as_secs_f64()
 }
 
@@ -43,13 +43,13 @@ fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ`, the format STS uses for `Expiration`.
-pub fn iso8601(secs: u64) -> String {
+pub(crate) fn iso8601(secs: u64) -> String {
     let (y, mo, d, h, mi, s) = civil(secs);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
 /// kubelet's AtomicWriter directory stamp, `2026_11_22_08_30_00.123456789` (UTC, nanoseconds).
-pub fn kubelet_stamp(t: SystemTime) -> String {
+pub(crate) fn kubelet_stamp(t: SystemTime) -> String {
     let since = since_epoch(t);
     let (y, mo, d, h, mi, s) = civil(since.as_secs());
     format!(

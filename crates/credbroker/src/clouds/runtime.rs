@@ -70,7 +70,7 @@ impl<C: Send + Sync + 'static> Held for Pinned<C> {
 }
 
 /// Seconds left on a held credential, for summaries.
-pub fn seconds_left<C>(cred: &Issued<C>) -> u64 {
+pub(super) fn seconds_left<C>(cred: &Issued<C>) -> u64 {
     cred.remaining(Instant::now()).as_secs()
 }
 

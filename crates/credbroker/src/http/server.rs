@@ -52,7 +52,7 @@ impl Default for ServerLimits {
 }
 
 /// How long in-flight requests get to finish after shutdown begins.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Serves until `shutdown` turns true, then stops accepting and drains in-flight connections.
 pub async fn serve<H: Handler>(

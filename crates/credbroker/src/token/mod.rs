@@ -21,7 +21,7 @@ use crate::secret::Secret;
 pub use jwt::Claims;
 
 /// Projected tokens are ~1 KiB; anything past 64 KiB is not a token.
-pub const MAX_TOKEN_BYTES: u64 = 64 * 1024;
+const MAX_TOKEN_BYTES: u64 = 64 * 1024;
 
 /// How often the file is re-read even when no file event arrives.
 pub const BACKSTOP_INTERVAL: Duration = Duration::from_secs(30);

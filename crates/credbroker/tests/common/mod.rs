@@ -13,9 +13,9 @@ use fakecloud::{Cloudscape, CloudscapeOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_credbroker");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_credbroker");
 
-pub async fn cloudscape(dir: &Path) -> Cloudscape {
+pub(crate) async fn cloudscape(dir: &Path) -> Cloudscape {
     Cloudscape::start(CloudscapeOptions::new(dir.join("cloud")))
         .await
         .expect("start emulated clouds")
@@ -23,25 +23,25 @@ pub async fn cloudscape(dir: &Path) -> Cloudscape {
 
 /// Stands for the broker's own directory in a [`sidecar`] environment; [`Broker::start`]
 /// replaces it (the AWS `Authorization` file and OCI's files are written there).
-pub const FILES: &str = "{files}";
+pub(crate) const FILES: &str = "{files}";
 
 /// The sidecar's environment for `clouds` (registry names: `aws`, `gcp`, `azure`, `oci`), as
 /// the clouds' webhooks would inject it against the emulated clouds, with credbroker's settings.
-pub fn sidecar(scape: &Cloudscape, clouds: &[&str]) -> Vec<(String, String)> {
+pub(crate) fn sidecar(scape: &Cloudscape, clouds: &[&str]) -> Vec<(String, String)> {
     scape
         .sidecar(clouds, Path::new(FILES))
         .expect("clouds the emulators know")
 }
 
 /// Every cloud the emulated cloudscape offers, enabled together.
-pub fn all_clouds(scape: &Cloudscape) -> Vec<(String, String)> {
+pub(crate) fn all_clouds(scape: &Cloudscape) -> Vec<(String, String)> {
     sidecar(scape, &fakecloud::sidecar::CLOUDS)
 }
 
 /// The App Service shared header the sidecar environment sets.
-pub const AZURE_IDENTITY_HEADER: &str = fakecloud::sidecar::AZURE_IDENTITY_HEADER;
+pub(crate) const AZURE_IDENTITY_HEADER: &str = fakecloud::sidecar::AZURE_IDENTITY_HEADER;
 
-pub struct Broker {
+pub(crate) struct Broker {
     pub child: Child,
     pub creds: SocketAddr,
     pub ops: SocketAddr,
@@ -51,12 +51,12 @@ pub struct Broker {
 
 impl Broker {
     /// Starts `credbroker serve` on ephemeral loopback ports and waits for it to bind.
-    pub async fn start(dir: &Path, env: &[(String, String)], extra: &[&str]) -> Broker {
+    pub(crate) async fn start(dir: &Path, env: &[(String, String)], extra: &[&str]) -> Broker {
         Self::start_at_level(dir, env, extra, "debug").await
     }
 
     /// [`Broker::start`] with a given `--log-level`.
-    pub async fn start_at_level(
+    pub(crate) async fn start_at_level(
         dir: &Path,
         env: &[(String, String)],
         extra: &[&str],
@@ -114,23 +114,23 @@ impl Broker {
         }
     }
 
-    pub async fn wait_ready(&self) {
+    pub(crate) async fn wait_ready(&self) {
         wait_until(Duration::from_secs(15), || async {
             get(self.ops, "/readyz", &[]).await.status == 200
         })
         .await;
     }
 
-    pub fn auth_token(&self) -> String {
+    pub(crate) fn auth_token(&self) -> String {
         std::fs::read_to_string(self.dir.join("aws-auth-token")).unwrap()
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// An IMDSv2 session token.
-    pub async fn imds_session(&self) -> String {
+    pub(crate) async fn imds_session(&self) -> String {
         let r = request(
             self.creds,
             "PUT",
@@ -142,12 +142,12 @@ impl Broker {
         r.body
     }
 
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGTERM, then the exit code.
-    pub fn terminate(&mut self) -> Option<i32> {
+    pub(crate) fn terminate(&mut self) -> Option<i32> {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -174,18 +174,18 @@ impl Drop for Broker {
 }
 
 #[derive(Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub headers: HashMap<String, String>,
     pub body: String,
 }
 
 impl Reply {
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .get(&name.to_ascii_lowercase())
             .map(String::as_str)
@@ -193,7 +193,7 @@ impl Reply {
 }
 
 /// Sends raw bytes, reads the whole response (the request must ask for `Connection: close`).
-pub async fn raw(addr: SocketAddr, request: &[u8]) -> Reply {
+pub(crate) async fn raw(addr: SocketAddr, request: &[u8]) -> Reply {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();
     let mut buf = Vec::new();
@@ -201,7 +201,7 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> Reply {
     parse(&buf)
 }
 
-pub fn parse(buf: &[u8]) -> Reply {
+pub(crate) fn parse(buf: &[u8]) -> Reply {
     let text = String::from_utf8_lossy(buf);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
@@ -221,7 +221,7 @@ pub fn parse(buf: &[u8]) -> Reply {
     }
 }
 
-pub async fn request(
+pub(crate) async fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -235,11 +235,11 @@ pub async fn request(
     raw(addr, req.as_bytes()).await
 }
 
-pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+pub(crate) async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
     request(addr, "GET", path, headers).await
 }
 
-pub async fn wait_until<F, Fut>(timeout: Duration, mut f: F)
+pub(crate) async fn wait_until<F, Fut>(timeout: Duration, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

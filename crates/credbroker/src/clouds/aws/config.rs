@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use reqwest::Url;
 
+use super::Aws;
+use crate::clouds::Cloud;
 use crate::config::{ConfigError, Env};
 use crate::http::client::endpoint;
 
@@ -104,26 +106,12 @@ const LEGACY_GLOBAL_REGIONS: &[&str] = &[
 impl AwsConfig {
     /// `None` when AWS is not enabled (neither `AWS_ROLE_ARN` nor the token file is set).
     pub fn from_env(env: &Env, flags: &Flags) -> Result<Option<Self>, ConfigError> {
-        let (role, file) = (
-            env.get("AWS_ROLE_ARN"),
-            env.get("AWS_WEB_IDENTITY_TOKEN_FILE"),
-        );
-        let (role, token_file) = match (role, file) {
-            (None, None) => return Ok(None),
-            (Some(_), None) => {
-                return Err(ConfigError::new(
-                    "AWS_WEB_IDENTITY_TOKEN_FILE",
-                    "is not set, but AWS_ROLE_ARN is",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::new(
-                    "AWS_ROLE_ARN",
-                    "is not set, but AWS_WEB_IDENTITY_TOKEN_FILE is",
-                ));
-            }
-            (Some(r), Some(f)) => (RoleArn::parse(r.trim())?, PathBuf::from(f)),
+        let Some([role, file]) =
+            env.all_or_none(Aws::TITLE, ["AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"])?
+        else {
+            return Ok(None);
         };
+        let (role, token_file) = (RoleArn::parse(role.trim())?, PathBuf::from(file));
         let session_name = match env.get("AWS_ROLE_SESSION_NAME") {
             Some(s) => s.to_string(),
             None => format!(
@@ -141,20 +129,7 @@ impl AwsConfig {
                 format!("{session_name:?} must be 2-64 characters of [A-Za-z0-9_+=,.@-]"),
             ));
         }
-        let region = env
-            .get("AWS_REGION")
-            .or_else(|| env.get("AWS_DEFAULT_REGION"))
-            .map(|r| r.trim().to_string());
-        if let Some(r) = &region
-            && !r
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(ConfigError::new(
-                "AWS_REGION",
-                format!("{r:?} is not a region name"),
-            ));
-        }
+        let region = env.region(&["AWS_REGION", "AWS_DEFAULT_REGION"])?;
         let sts_endpoint = sts_endpoint(env, region.as_deref())?;
         let auth_token_file = flags.aws_auth_token_file.clone().ok_or_else(|| {
             ConfigError::new(

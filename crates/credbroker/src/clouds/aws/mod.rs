@@ -41,7 +41,7 @@ impl Cloud for Aws {
 }
 
 /// The AWS exchanger: one STS call, rendered for both surfaces.
-pub struct AwsExchange {
+struct AwsExchange {
     sts: StsClient,
     role: RoleArn,
     clock: Arc<dyn crate::clock::Clock>,

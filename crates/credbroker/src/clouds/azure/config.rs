@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use reqwest::Url;
 
+use super::Azure;
+use crate::clouds::Cloud;
 use crate::config::{ConfigError, Env};
 use crate::http::client::endpoint;
 use crate::secret::Secret;
@@ -12,18 +14,11 @@ use crate::secret::Secret;
 /// The resource kept warm when `--azure-resources` is not given (Azure Resource Manager).
 pub const DEFAULT_RESOURCE: &str = "https://management.azure.com/";
 /// The public cloud's authority host, as the azwi webhook injects it (trailing slash included).
-pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com/";
-/// Authority hosts of the sovereign clouds (azure-identity `AzureAuthorityHosts`).
-pub const KNOWN_AUTHORITY_HOSTS: &[&str] = &[
-    "login.microsoftonline.com",
-    "login.microsoftonline.us",
-    "login.chinacloudapi.cn",
-    "login.microsoftonline.de",
-];
+const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com/";
 /// The shared `X-IDENTITY-HEADER` value must not be guessable: at least this many characters.
-pub const MIN_IDENTITY_HEADER_LEN: usize = 16;
+const MIN_IDENTITY_HEADER_LEN: usize = 16;
 /// Longest resource accepted in configuration or a request (App ID URIs are far shorter).
-pub const MAX_RESOURCE_LEN: usize = 1024;
+const MAX_RESOURCE_LEN: usize = 1024;
 
 #[derive(clap::Args, Debug, Clone)]
 // clap names a flattened struct's group after the struct; every cloud's is called `Flags`.
@@ -100,34 +95,20 @@ pub struct AzureConfig {
 impl AzureConfig {
     /// `None` when Azure is not enabled (none of the three workload-identity variables is set).
     pub fn from_env(env: &Env, flags: &Flags) -> Result<Option<Self>, ConfigError> {
-        const VARS: [&str; 3] = [
-            "AZURE_CLIENT_ID",
-            "AZURE_TENANT_ID",
-            "AZURE_FEDERATED_TOKEN_FILE",
-        ];
-        let values: Vec<Option<&str>> = VARS.iter().map(|v| env.get(v)).collect();
-        if values.iter().all(Option::is_none) {
+        let Some([client_id, tenant_id, token_file]) = env.all_or_none(
+            Azure::TITLE,
+            [
+                "AZURE_CLIENT_ID",
+                "AZURE_TENANT_ID",
+                "AZURE_FEDERATED_TOKEN_FILE",
+            ],
+        )?
+        else {
             return Ok(None);
-        }
-        if let Some(i) = values.iter().position(Option::is_none) {
-            let set: Vec<&str> = VARS
-                .iter()
-                .zip(&values)
-                .filter(|(_, v)| v.is_some())
-                .map(|(n, _)| *n)
-                .collect();
-            return Err(ConfigError::new(
-                VARS[i],
-                format!(
-                    "is not set, but {} {} (Azure needs all three)",
-                    set.join(" and "),
-                    if set.len() == 1 { "is" } else { "are" }
-                ),
-            ));
-        }
-        let client_id = guid("AZURE_CLIENT_ID", values[0].unwrap_or_default())?;
-        let tenant_id = tenant("AZURE_TENANT_ID", values[1].unwrap_or_default())?;
-        let token_file = PathBuf::from(values[2].unwrap_or_default());
+        };
+        let client_id = guid("AZURE_CLIENT_ID", client_id)?;
+        let tenant_id = tenant("AZURE_TENANT_ID", tenant_id)?;
+        let token_file = PathBuf::from(token_file);
         let authority = authority_host(env.get("AZURE_AUTHORITY_HOST"))?;
         let token_url = authority
             .join(&format!("{tenant_id}/oauth2/v2.0/token"))

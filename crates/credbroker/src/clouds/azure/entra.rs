@@ -19,10 +19,10 @@ pub const GRANT_TYPE: &str = "client_credentials";
 pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// AADSTS700024: the assertion is outside its validity window (an old token file was sent).
-pub const ASSERTION_EXPIRED: u64 = 700_024;
+const ASSERTION_EXPIRED: u64 = 700_024;
 /// No matching federated identity credential (any part / issuer / subject). Right after an FIC
 /// is created these are expected "for a couple of minutes" (azwi FAQ): retried, slowly.
-pub const FIC_MISMATCH: &[u64] = &[70_021, 700_211, 700_213, 7_002_137, 7_002_138];
+const FIC_MISMATCH: &[u64] = &[70_021, 700_211, 700_213, 7_002_137, 7_002_138];
 
 /// An access token as Entra issued it.
 #[derive(Clone)]

@@ -71,7 +71,7 @@ impl Exchange<String> for AzureExchange {
 /// DefaultAzureCredential tries EnvironmentCredential and WorkloadIdentityCredential before
 /// ManagedIdentityCredential, and Python's ManagedIdentityCredential itself prefers workload
 /// identity over IMDS (reference/azure.md, "Beware precedence").
-pub const FORBIDDEN_IN_APP: &[&str] = &[
+const FORBIDDEN_IN_APP: &[&str] = &[
     "AZURE_CLIENT_ID",
     "AZURE_TENANT_ID",
     "AZURE_FEDERATED_TOKEN_FILE",

@@ -27,7 +27,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 /// The App Service protocol version served (the 2017-09-01 one uses a different header,
 /// parameter name and date format; no current SDK sends it with `IDENTITY_HEADER`).
-pub const APP_SERVICE_API_VERSION: &str = "2019-08-01";
+const APP_SERVICE_API_VERSION: &str = "2019-08-01";
 
 /// An Entra access token as cached, one per scope.
 pub struct AzureToken {
@@ -235,7 +235,7 @@ pub fn render(
 
 /// Azure's "no token": `{error, error_description}`, Entra's own 4xx and `error` with the AADSTS
 /// description after a denial (400 when it came without one).
-pub struct AzureErrors;
+struct AzureErrors;
 
 impl ErrorShape for AzureErrors {
     const DENIED: u16 = 400;
@@ -295,7 +295,7 @@ impl<E: Exchange<String, Credential = AzureToken>> Tokens<E> {
 
 /// Where a `/metadata/...` path leads (the `metadata` segment is matched case-insensitively).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImdsPath {
+enum ImdsPath {
     Token,
     /// msal-node's ImdsV2 probe (`POST /metadata/identity/credential`): answered so that SDKs
     /// stay on the v1 token flow.
@@ -304,7 +304,7 @@ pub enum ImdsPath {
 }
 
 /// `Some` for every path under `/metadata` (any case), `None` otherwise.
-pub fn imds_path(path: &str) -> Option<ImdsPath> {
+fn imds_path(path: &str) -> Option<ImdsPath> {
     let b = path.as_bytes();
     if b.len() < 9 || !b[..9].eq_ignore_ascii_case(b"/metadata") || (b.len() > 9 && b[9] != b'/') {
         return None;

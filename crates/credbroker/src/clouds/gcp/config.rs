@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use reqwest::Url;
 use serde_json::Value;
 
-use crate::config::{ConfigError, Env};
+use crate::config::{ConfigError, Env, check_region};
 use crate::http::client::endpoint;
 
 const VAR: &str = "GOOGLE_APPLICATION_CREDENTIALS";
@@ -128,18 +128,7 @@ impl GcpConfig {
             return Ok(None);
         };
         let path = PathBuf::from(path);
-        let meta = std::fs::metadata(&path).map_err(|e| {
-            ConfigError::new(VAR, format!("cannot read {}: {}", path.display(), e.kind()))
-        })?;
-        if meta.len() > MAX_FILE_BYTES {
-            return Err(ConfigError::new(
-                VAR,
-                format!("{} is larger than 64 KiB", path.display()),
-            ));
-        }
-        let bytes = std::fs::read(&path).map_err(|e| {
-            ConfigError::new(VAR, format!("cannot read {}: {}", path.display(), e.kind()))
-        })?;
+        let bytes = env.read_file(VAR, &path, MAX_FILE_BYTES)?;
         let doc: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ConfigError::new(VAR, format!("{} is not valid JSON: {e}", path.display()))
         })?;
@@ -269,7 +258,7 @@ impl GcpConfig {
 }
 
 /// `//iam.googleapis.com/projects/NUM/locations/global/workloadIdentityPools/POOL/providers/PROV`.
-pub fn parse_audience(audience: &str) -> Result<Provider, ConfigError> {
+fn parse_audience(audience: &str) -> Result<Provider, ConfigError> {
     let bad = |why: &str| {
         err(
             "audience",
@@ -453,16 +442,8 @@ fn instance(env: &Env, flags: &Flags) -> Result<Instance, ConfigError> {
         ("--gcp-zone", &flags.gcp_zone),
         ("--gcp-cluster-location", &flags.gcp_cluster_location),
     ] {
-        if let Some(v) = value
-            && (v.is_empty()
-                || !v
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
-        {
-            return Err(ConfigError::new(
-                flag,
-                format!("{v:?} is not a zone or region name"),
-            ));
+        if let Some(v) = value {
+            check_region(flag, v)?;
         }
     }
     Ok(Instance {
@@ -670,15 +651,18 @@ mod tests {
 
     #[test]
     fn files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("creds.json");
-        let env = Env::from_pairs([(VAR, path.display().to_string())]);
+        let fs = std::sync::Arc::new(crate::fs::MemFs::new());
+        let path = PathBuf::from("/etc/credbroker/gcp/creds.json");
+        let env = Env::from_pairs([(VAR, path.display().to_string())]).with_fs(fs.clone());
         let e = GcpConfig::from_env(&env, &Flags::default()).unwrap_err();
         assert_eq!(e.subject, VAR);
-        std::fs::write(&path, "{not json").unwrap();
+        fs.insert(&path, "{not json");
         let e = GcpConfig::from_env(&env, &Flags::default()).unwrap_err();
         assert!(e.problem.contains("not valid JSON"), "{e}");
-        std::fs::write(&path, doc().to_string()).unwrap();
+        fs.insert(&path, vec![b' '; 65 * 1024]);
+        let e = GcpConfig::from_env(&env, &Flags::default()).unwrap_err();
+        assert!(e.problem.contains("larger than 64 KiB"), "{e}");
+        fs.insert(&path, doc().to_string());
         let c = GcpConfig::from_env(&env, &Flags::default())
             .unwrap()
             .unwrap();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::sts::CLOUD_PLATFORM;
 
 /// The scopes a token request without `?scopes=` gets, as GKE's metadata server lists them.
-pub const DEFAULT_SCOPES: &[&str] = &[
+const DEFAULT_SCOPES: &[&str] = &[
     CLOUD_PLATFORM,
     "https://www.googleapis.com/auth/userinfo.email",
 ];

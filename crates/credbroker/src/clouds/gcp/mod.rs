@@ -20,7 +20,7 @@ use super::{AppEnv, Cloud, CloudConfig, Pinned, Runtime, Shared};
 use crate::clock::Clock;
 use crate::config::{ConfigError, Env};
 use crate::exchange::{Exchange, ExchangeError, Fresh};
-use crate::refresh::{Cache, KeyLimits, Policy};
+use crate::refresh::{KeyLimits, Policy};
 use crate::secret::Secret;
 use crate::timefmt::format_rfc3339;
 
@@ -129,9 +129,6 @@ impl Exchange<IdKey> for IdExchange {
 }
 
 // === wiring ===
-
-pub type AccessCache = Cache<ScopeSet, AccessExchange>;
-pub type IdCache = Cache<IdKey, IdExchange>;
 
 impl CloudConfig for GcpConfig {
     fn name(&self) -> &'static str {

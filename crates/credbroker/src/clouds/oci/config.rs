@@ -6,17 +6,17 @@ use std::path::PathBuf;
 
 use reqwest::Url;
 
-use crate::config::{ConfigError, Env};
+use crate::config::{ConfigError, Env, check_region};
 
 /// The port Py, Go and Java hard-code; TS reads `KUBERNETES_SERVICE_PORT_PROXYMUX` (§1).
-pub const DEFAULT_PROXYMUX_PORT: u16 = 12250;
+const DEFAULT_PROXYMUX_PORT: u16 = 12250;
 /// The cluster CA kubelet mounts into every pod; overridden by
 /// `OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH` as in the SDKs.
-pub const DEFAULT_CA_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+const DEFAULT_CA_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 /// The token the SDKs present to proxymux (none of them has an override variable).
-pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 /// The exchange's path on proxymux.
-pub const PROXYMUX_PATH: &str = "/resourcePrincipalSessionTokens";
+const PROXYMUX_PATH: &str = "/resourcePrincipalSessionTokens";
 
 #[derive(clap::Args, Debug, Clone)]
 // Every cloud's struct is called `Flags`; clap names a flattened struct's group after it.
@@ -74,15 +74,7 @@ impl OciConfig {
             }
             (Some(r), Some(d)) => (r.to_string(), d),
         };
-        if !region
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(ConfigError::new(
-                "OCI_RESOURCE_PRINCIPAL_REGION",
-                format!("{region:?} is not a region name or short code (e.g. us-ashburn-1, iad)"),
-            ));
-        }
+        check_region("OCI_RESOURCE_PRINCIPAL_REGION", &region)?;
         let host = env
             .require(
                 "KUBERNETES_SERVICE_HOST",

@@ -50,8 +50,8 @@ impl Cloud for Oci {
 const CA_SUBJECT: &str = "OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH";
 
 /// The OCI exchanger: one proxymux call. The cache key is the pod key's fingerprint.
-pub struct OciExchange {
-    pub client: ProxymuxClient,
+struct OciExchange {
+    client: ProxymuxClient,
 }
 
 impl Exchange<String> for OciExchange {

@@ -26,8 +26,8 @@ use crate::refresh::{Issued, NotReady, Slot, Unavailable};
 use crate::secret::Secret;
 
 /// File names inside the output directory.
-pub const RPST_FILE: &str = "rpst";
-pub const KEY_FILE: &str = "private.pem";
+const RPST_FILE: &str = "rpst";
+const KEY_FILE: &str = "private.pem";
 
 /// How often the writer checks that its files are still there (someone may clean the volume),
 /// and how soon it retries a failed write.
@@ -92,12 +92,12 @@ impl OciFiles {
     }
 
     /// Replaces `rpst` with the token, no trailing newline.
-    pub fn write_rpst(&self, token: &Secret) -> std::io::Result<()> {
+    fn write_rpst(&self, token: &Secret) -> std::io::Result<()> {
         write_atomic(&self.rpst_path(), token.expose().as_bytes(), self.mode)
     }
 
     /// Removes `rpst` (an expired RPST must not be read); a missing file is fine.
-    pub fn withdraw_rpst(&self) -> std::io::Result<bool> {
+    fn withdraw_rpst(&self) -> std::io::Result<bool> {
         match std::fs::remove_file(self.rpst_path()) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -106,7 +106,7 @@ impl OciFiles {
     }
 
     /// Both files present.
-    pub fn both_exist(&self) -> Result<(), String> {
+    fn both_exist(&self) -> Result<(), String> {
         for path in [self.key_path(), self.rpst_path()] {
             if !path.is_file() {
                 return Err(format!("{} does not exist", path.display()));
