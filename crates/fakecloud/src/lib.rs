@@ -43,8 +43,8 @@ use gcp::{DEMO_PROJECT_ID, DEMO_PROJECT_NUMBER, DEMO_SERVICE_ACCOUNT, FakeGcp, F
 use http::{ServeOptions, ServerHandle, serve_listener};
 use kube::{FakeKube, FakeKubeHandle};
 use oci::{FakeOciApi, FakeOciApiHandle, FakeProxymux, FakeProxymuxHandle};
-use pki::Pki;
 use oidc::IssuerServer;
+use pki::Pki;
 
 /// Options for [`Cloudscape::start`].
 #[derive(Debug, Clone)]

@@ -20,8 +20,8 @@ use serde_json::json;
 use crate::http::{HttpResponse, set_content_type};
 use crate::issuer::random_uuid;
 
-pub use api::{ApiRecord, FakeOciApi, FakeOciApiHandle};
 pub use crate::pki::Pki;
+pub use api::{ApiRecord, FakeOciApi, FakeOciApiHandle};
 pub use proxymux::{FakeProxymux, FakeProxymuxHandle, ProxymuxRecord, ProxymuxSettings};
 
 /// The region the fakes claim to be.

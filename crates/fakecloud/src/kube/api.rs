@@ -109,7 +109,7 @@ fn route(path: &str) -> Option<Route<'_>> {
     })
 }
 
-fn header<'a>(req: &'a Request<Bytes>, name: header::HeaderName) -> Option<&'a str> {
+fn header(req: &Request<Bytes>, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -184,42 +184,44 @@ pub fn serve(kube: &FakeKube, token: &Token, req: &Request<Bytes>) -> Served {
     if !accepts_plain_json(accept) {
         return Served::error(Some(verb), ApiError::NotAcceptable);
     }
-    let result = match (verb, namespace, name) {
-        ("watch", _, _) => Err(ApiError::BadRequest(
-            "watch is not emulated by fakecloud's API server".to_string(),
-        )),
-        ("list", ns, _) => list(&kube.store.lock(), ns, &query),
-        ("get", Some(ns), Some(name)) => kube
-            .store
-            .lock()
-            .get(ns, name)
-            .map(|sa| Served::json(Some("get"), StatusCode::OK, &sa)),
-        ("create", Some(ns), _) => write(kube, &query, |store| {
-            let (sa, warnings) = decode_body(req, &query)?;
-            let created = store.create(ns, sa)?;
-            Ok(Served::json(Some("create"), StatusCode::CREATED, &created).with_warnings(&warnings))
-        }),
-        ("update", Some(ns), Some(name)) => write(kube, &query, |store| {
-            let (sa, warnings) = decode_body(req, &query)?;
-            let updated = store.update(ns, name, sa)?;
-            Ok(Served::json(Some("update"), StatusCode::OK, &updated).with_warnings(&warnings))
-        }),
-        ("patch", Some(ns), Some(name)) => write(kube, &query, |store| {
-            let kind = PatchType::from_content_type(header(req, header::CONTENT_TYPE))?;
-            let current = serde_json::to_value(store.get(ns, name)?)
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-            let patched = patch::apply(kind, &current, req.body())?;
-            let (sa, warnings) = object::decode(patched, field_validation(&query)?)?;
-            let updated = store.update(ns, name, sa)?;
-            Ok(Served::json(Some("patch"), StatusCode::OK, &updated).with_warnings(&warnings))
-        }),
-        ("delete", Some(ns), Some(name)) => write(kube, &query, |store| {
-            let preconditions = delete_preconditions(req.body())?;
-            let deleted = store.delete(ns, name, &preconditions)?;
-            Ok(Served::json(Some("delete"), StatusCode::OK, &deleted))
-        }),
-        _ => Err(ApiError::MethodNotAllowed),
-    };
+    let result =
+        match (verb, namespace, name) {
+            ("watch", _, _) => Err(ApiError::BadRequest(
+                "watch is not emulated by fakecloud's API server".to_string(),
+            )),
+            ("list", ns, _) => list(&kube.store.lock(), ns, &query),
+            ("get", Some(ns), Some(name)) => kube
+                .store
+                .lock()
+                .get(ns, name)
+                .map(|sa| Served::json(Some("get"), StatusCode::OK, &sa)),
+            ("create", Some(ns), _) => write(kube, &query, |store| {
+                let (sa, warnings) = decode_body(req, &query)?;
+                let created = store.create(ns, sa)?;
+                Ok(Served::json(Some("create"), StatusCode::CREATED, &created)
+                    .with_warnings(&warnings))
+            }),
+            ("update", Some(ns), Some(name)) => write(kube, &query, |store| {
+                let (sa, warnings) = decode_body(req, &query)?;
+                let updated = store.update(ns, name, sa)?;
+                Ok(Served::json(Some("update"), StatusCode::OK, &updated).with_warnings(&warnings))
+            }),
+            ("patch", Some(ns), Some(name)) => write(kube, &query, |store| {
+                let kind = PatchType::from_content_type(header(req, header::CONTENT_TYPE))?;
+                let current = serde_json::to_value(store.get(ns, name)?)
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                let patched = patch::apply(kind, &current, req.body())?;
+                let (sa, warnings) = object::decode(patched, field_validation(&query)?)?;
+                let updated = store.update(ns, name, sa)?;
+                Ok(Served::json(Some("patch"), StatusCode::OK, &updated).with_warnings(&warnings))
+            }),
+            ("delete", Some(ns), Some(name)) => write(kube, &query, |store| {
+                let preconditions = delete_preconditions(req.body())?;
+                let deleted = store.delete(ns, name, &preconditions)?;
+                Ok(Served::json(Some("delete"), StatusCode::OK, &deleted))
+            }),
+            _ => Err(ApiError::MethodNotAllowed),
+        };
     result.unwrap_or_else(|e| Served::error(Some(verb), e))
 }
 
@@ -345,7 +347,10 @@ mod tests {
             route("/api/v1/namespaces/ns/serviceaccounts/app"),
             Some(Route::Object("ns", "app"))
         );
-        assert_eq!(route("/api/v1/serviceaccounts"), Some(Route::Collection(None)));
+        assert_eq!(
+            route("/api/v1/serviceaccounts"),
+            Some(Route::Collection(None))
+        );
         assert_eq!(route("/api/v1/namespaces/ns/pods/app"), None);
         assert_eq!(route("/api/v1/namespaces//serviceaccounts"), None);
         assert_eq!(route("/openapi/v3"), None);

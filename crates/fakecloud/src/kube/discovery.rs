@@ -81,7 +81,11 @@ pub fn accepts_plain_json(accept: Option<&str>) -> bool {
         let mut pieces = part.split(';').map(str::trim);
         let essence = pieces.next().unwrap_or("").to_ascii_lowercase();
         let plain = pieces.all(|p| !p.to_ascii_lowercase().starts_with("as="));
-        plain && matches!(essence.as_str(), "application/json" | "*/*" | "application/*")
+        plain
+            && matches!(
+                essence.as_str(),
+                "application/json" | "*/*" | "application/*"
+            )
     })
 }
 
@@ -104,7 +108,9 @@ mod tests {
         assert!(!accepts_plain_json(Some(
             "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
         )));
-        assert!(!accepts_plain_json(Some("application/vnd.kubernetes.protobuf")));
+        assert!(!accepts_plain_json(Some(
+            "application/vnd.kubernetes.protobuf"
+        )));
         assert!(!accepts_plain_json(Some(
             "application/json;as=Table;v=v1;g=meta.k8s.io"
         )));

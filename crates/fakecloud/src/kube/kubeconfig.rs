@@ -95,7 +95,10 @@ mod tests {
             namespace: "default",
         }
         .to_yaml();
-        assert!(text.contains("    server: \"https://127.0.0.1:6443\"\n"), "{text}");
+        assert!(
+            text.contains("    server: \"https://127.0.0.1:6443\"\n"),
+            "{text}"
+        );
         assert!(text.contains("    token: \"a\\\"b: c\"\n"), "{text}");
         assert!(text.contains("current-context: \"fakecloud\"\n"));
     }

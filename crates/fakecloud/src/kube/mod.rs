@@ -391,12 +391,16 @@ impl FakeKube {
         }
     }
 
-    /// Holds a request while the server hangs; `Some` with the answer once it is released.
-    async fn hold_while_hanging(&self) -> Option<HttpResponse> {
+    /// Holds a request while the server hangs (logged as `down:hang`, status 0, when it
+    /// arrives); `Some` with the answer once it is released.
+    async fn hold_while_hanging(&self, req: &Request<Bytes>) -> Option<HttpResponse> {
         let mut rx = self.down.subscribe();
         if *rx.borrow_and_update() != Down::Hang {
             return None;
         }
+        let mut record = Self::record_of(req);
+        record.outcome = "down:hang".to_string();
+        self.push(record);
         let _ = tokio::time::timeout(
             crate::faults::TIMEOUT_HOLD,
             rx.wait_for(|d| *d != Down::Hang),
@@ -425,8 +429,7 @@ impl FakeKube {
             (&Method::GET, "/_fake/tokens") => {
                 json_response(StatusCode::OK, &json!(*self.tokens.lock()))
             }
-            (&Method::POST, "/_fake/tokens") => match serde_json::from_slice::<Token>(req.body())
-            {
+            (&Method::POST, "/_fake/tokens") => match serde_json::from_slice::<Token>(req.body()) {
                 Ok(token) => {
                     self.add_token(token);
                     json_response(StatusCode::OK, &json!(*self.tokens.lock()))
@@ -517,13 +520,10 @@ impl Fake for FakeKube {
     }
 
     async fn handle(&self, req: Request<Bytes>) -> HttpResponse {
-        let mut record = Self::record_of(&req);
-        if let Some(resp) = self.hold_while_hanging().await {
-            record.status = resp.status().as_u16();
-            record.outcome = "down:hang".to_string();
-            self.push(record);
+        if let Some(resp) = self.hold_while_hanging(&req).await {
             return resp;
         }
+        let mut record = Self::record_of(&req);
         let bearer = req
             .headers()
             .get(http::header::AUTHORIZATION)

@@ -165,7 +165,10 @@ pub fn unknown_fields(value: &Value) -> Vec<String> {
     if let Some(meta) = value.get("metadata") {
         collect_unknown(meta, META_FIELDS, ".metadata", &mut out);
     }
-    for (list, fields) in [("secrets", REF_FIELDS), ("imagePullSecrets", LOCAL_REF_FIELDS)] {
+    for (list, fields) in [
+        ("secrets", REF_FIELDS),
+        ("imagePullSecrets", LOCAL_REF_FIELDS),
+    ] {
         if let Some(Value::Array(items)) = value.get(list) {
             for (i, item) in items.iter().enumerate() {
                 collect_unknown(item, fields, &format!(".{list}[{i}]"), &mut out);
@@ -187,7 +190,10 @@ fn collect_unknown(value: &Value, known: &[&str], prefix: &str, out: &mut Vec<St
 
 /// Decodes a request body into a ServiceAccount, applying `validation` to unknown fields.
 /// Returns the object and the warnings to send (`Warning: 299 - "unknown field ..."`).
-pub fn decode(value: Value, validation: FieldValidation) -> Result<(ServiceAccount, Vec<String>), ApiError> {
+pub fn decode(
+    value: Value,
+    validation: FieldValidation,
+) -> Result<(ServiceAccount, Vec<String>), ApiError> {
     if !value.is_object() {
         return Err(ApiError::BadRequest(
             "the request body is not a JSON object".to_string(),
@@ -296,7 +302,11 @@ mod tests {
         let body = json!({"metadata": {"name": "a", "colour": "red"}, "spec": {}});
         let err = decode(body.clone(), FieldValidation::Strict).unwrap_err();
         assert_eq!(err.code(), 400);
-        assert!(err.to_string().contains("unknown field \"metadata.colour\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("unknown field \"metadata.colour\""),
+            "{err}"
+        );
         let (sa, warnings) = decode(body.clone(), FieldValidation::Warn).unwrap();
         assert_eq!(sa.metadata.name, "a");
         assert_eq!(warnings.len(), 2);
@@ -304,8 +314,11 @@ mod tests {
         assert!(warnings.is_empty());
         let err = decode(json!({"kind": "Pod"}), FieldValidation::Warn).unwrap_err();
         assert_eq!(err.code(), 400);
-        let err = decode(json!({"metadata": {"labels": {"a": 1}}}), FieldValidation::Warn)
-            .unwrap_err();
+        let err = decode(
+            json!({"metadata": {"labels": {"a": 1}}}),
+            FieldValidation::Warn,
+        )
+        .unwrap_err();
         assert_eq!(err.code(), 400);
     }
 

@@ -16,8 +16,7 @@ use serde_json::{Map, Value};
 use super::status::ApiError;
 
 /// The `Content-Type` values this server accepts on PATCH, as its 415 lists them.
-pub const ACCEPTED: &str =
-    "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json";
+pub const ACCEPTED: &str = "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchType {
@@ -326,12 +325,28 @@ mod tests {
         // RFC 7386 appendix A, a selection.
         let cases = [
             (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
-            (json!({"a": "b"}), json!({"b": "c"}), json!({"a": "b", "b": "c"})),
+            (
+                json!({"a": "b"}),
+                json!({"b": "c"}),
+                json!({"a": "b", "b": "c"}),
+            ),
             (json!({"a": "b"}), json!({"a": null}), json!({})),
-            (json!({"a": [{"b": "c"}]}), json!({"a": [1]}), json!({"a": [1]})),
+            (
+                json!({"a": [{"b": "c"}]}),
+                json!({"a": [1]}),
+                json!({"a": [1]}),
+            ),
             (json!(["a", "b"]), json!({"a": "c"}), json!({"a": "c"})),
-            (json!({"e": null}), json!({"a": 1}), json!({"e": null, "a": 1})),
-            (json!({}), json!({"a": {"bb": {"ccc": null}}}), json!({"a": {"bb": {}}})),
+            (
+                json!({"e": null}),
+                json!({"a": 1}),
+                json!({"e": null, "a": 1}),
+            ),
+            (
+                json!({}),
+                json!({"a": {"bb": {"ccc": null}}}),
+                json!({"a": {"bb": {}}}),
+            ),
         ];
         for (target, patch, expected) in cases {
             assert_eq!(merge_patch(&target, &patch), expected, "{patch}");
@@ -340,7 +355,8 @@ mod tests {
 
     #[test]
     fn strategic_merge_merges_secrets_by_name() {
-        let target = json!({"secrets": [{"name": "a"}, {"name": "b"}], "imagePullSecrets": [{"name": "x"}]});
+        let target =
+            json!({"secrets": [{"name": "a"}, {"name": "b"}], "imagePullSecrets": [{"name": "x"}]});
         let patch = json!({
             "$setElementOrder/secrets": [{"name": "a"}, {"name": "c"}],
             "secrets": [{"name": "c"}, {"name": "b", "$patch": "delete"}],
@@ -381,8 +397,11 @@ mod tests {
         );
         let err = json_patch(&target, &json!([{"op": "remove", "path": "/nope"}])).unwrap_err();
         assert_eq!(err.code(), 422);
-        let err = json_patch(&target, &json!([{"op": "test", "path": "/list/0", "value": 9}]))
-            .unwrap_err();
+        let err = json_patch(
+            &target,
+            &json!([{"op": "test", "path": "/list/0", "value": 9}]),
+        )
+        .unwrap_err();
         assert_eq!(err.code(), 422);
         let err = json_patch(&target, &json!([{"op": "jump", "path": "/x"}])).unwrap_err();
         assert_eq!(err.code(), 400);

@@ -43,7 +43,9 @@ fn malformed(what: &str) -> ApiError {
 fn varint(buf: &mut &[u8]) -> Result<u64, ApiError> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
-        let (&byte, rest) = buf.split_first().ok_or_else(|| malformed("truncated varint"))?;
+        let (&byte, rest) = buf
+            .split_first()
+            .ok_or_else(|| malformed("truncated varint"))?;
         *buf = rest;
         value |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
@@ -92,7 +94,9 @@ fn fields(mut buf: &[u8]) -> Result<Vec<(u64, Wire<'_>)>, ApiError> {
 
 fn text(value: Wire<'_>) -> Result<String, ApiError> {
     match value {
-        Wire::Bytes(b) => String::from_utf8(b.to_vec()).map_err(|_| malformed("string is not UTF-8")),
+        Wire::Bytes(b) => {
+            String::from_utf8(b.to_vec()).map_err(|_| malformed("string is not UTF-8"))
+        }
         _ => Err(malformed("expected a length-delimited string")),
     }
 }
@@ -225,10 +229,8 @@ pub fn decode_service_account(body: &[u8]) -> Result<ServiceAccount, ApiError> {
                 }
             }
             2 => raw = Some(message(v)?),
-            3 => {
-                if !text(v)?.is_empty() {
-                    return Err(malformed("content encodings are not supported"));
-                }
+            3 if !text(v)?.is_empty() => {
+                return Err(malformed("content encodings are not supported"));
             }
             _ => {}
         }
@@ -290,7 +292,12 @@ mod tests {
     #[test]
     fn refuses_malformed_bodies() {
         assert_eq!(decode_service_account(b"{}").unwrap_err().code(), 400);
-        assert_eq!(decode_service_account(b"k8s\0\x0a\x05ab").unwrap_err().code(), 400);
+        assert_eq!(
+            decode_service_account(b"k8s\0\x0a\x05ab")
+                .unwrap_err()
+                .code(),
+            400
+        );
         assert_eq!(decode_service_account(b"k8s\0").unwrap_err().code(), 400);
     }
 }

@@ -104,8 +104,9 @@ mod tests {
 
     #[test]
     fn label_requirements() {
-        let labels: BTreeMap<String, String> =
-            [("app".to_string(), "web".to_string())].into_iter().collect();
+        let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string())]
+            .into_iter()
+            .collect();
         for (text, expected) in [
             ("", true),
             ("app=web", true),
@@ -116,9 +117,16 @@ mod tests {
             ("app=web,tier", false),
             ("tier!=db", true),
         ] {
-            assert_eq!(LabelSelector::parse(text).unwrap().matches(&labels), expected, "{text}");
+            assert_eq!(
+                LabelSelector::parse(text).unwrap().matches(&labels),
+                expected,
+                "{text}"
+            );
         }
-        assert_eq!(LabelSelector::parse("app in (a,b)").unwrap_err().code(), 400);
+        assert_eq!(
+            LabelSelector::parse("app in (a,b)").unwrap_err().code(),
+            400
+        );
     }
 
     #[test]
@@ -128,10 +136,25 @@ mod tests {
             namespace: "ns".into(),
             ..ObjectMeta::default()
         };
-        assert!(FieldSelector::parse("metadata.name=a").unwrap().matches(&meta));
-        assert!(!FieldSelector::parse("metadata.name=b").unwrap().matches(&meta));
-        assert!(FieldSelector::parse("metadata.namespace!=x").unwrap().matches(&meta));
+        assert!(
+            FieldSelector::parse("metadata.name=a")
+                .unwrap()
+                .matches(&meta)
+        );
+        assert!(
+            !FieldSelector::parse("metadata.name=b")
+                .unwrap()
+                .matches(&meta)
+        );
+        assert!(
+            FieldSelector::parse("metadata.namespace!=x")
+                .unwrap()
+                .matches(&meta)
+        );
         assert_eq!(FieldSelector::parse("spec.x=1").unwrap_err().code(), 400);
-        assert_eq!(FieldSelector::parse("metadata.name").unwrap_err().code(), 400);
+        assert_eq!(
+            FieldSelector::parse("metadata.name").unwrap_err().code(),
+            400
+        );
     }
 }

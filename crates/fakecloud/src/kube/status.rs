@@ -44,7 +44,9 @@ pub enum ApiError {
     #[error("serviceaccounts \"{0}\" already exists")]
     AlreadyExists(String),
     /// 409 on a stale `metadata.resourceVersion` (optimistic concurrency).
-    #[error("Operation cannot be fulfilled on serviceaccounts \"{0}\": the object has been modified; please apply your changes to the latest version and try again")]
+    #[error(
+        "Operation cannot be fulfilled on serviceaccounts \"{0}\": the object has been modified; please apply your changes to the latest version and try again"
+    )]
     Conflict(String),
     /// 400: a body the server cannot decode, or a request that contradicts its URL.
     #[error("{0}")]
@@ -188,7 +190,10 @@ impl ApiError {
     /// (`NewGenericServerResponse`).
     pub fn for_status(status: u16, retry_after: Option<u64>) -> ApiError {
         let (reason, message) = match status {
-            429 => ("TooManyRequests", "Too many requests, please try again later."),
+            429 => (
+                "TooManyRequests",
+                "Too many requests, please try again later.",
+            ),
             500 => (
                 "InternalError",
                 "Internal error occurred: injected by fakecloud",
@@ -201,8 +206,14 @@ impl ApiError {
                 "Timeout",
                 "the server was unable to return a response in the time allotted, but may still be processing the request",
             ),
-            s if s >= 500 => ("InternalError", "an error on the server has prevented the request from succeeding"),
-            _ => ("BadRequest", "the server rejected our request for an unknown reason"),
+            s if s >= 500 => (
+                "InternalError",
+                "an error on the server has prevented the request from succeeding",
+            ),
+            _ => (
+                "BadRequest",
+                "the server rejected our request for an unknown reason",
+            ),
         };
         ApiError::Server {
             status,
@@ -286,7 +297,10 @@ mod tests {
             name: Some("app".into()),
             namespace: Some("default".into()),
         };
-        assert!(err.to_string().starts_with("serviceaccounts \"app\" is forbidden"));
+        assert!(
+            err.to_string()
+                .starts_with("serviceaccounts \"app\" is forbidden")
+        );
         assert!(err.to_string().ends_with("in the namespace \"default\""));
     }
 

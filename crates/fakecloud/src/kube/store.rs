@@ -129,7 +129,10 @@ impl Store {
             let (field, shown) = if name.is_empty() {
                 ("metadata.name", "Required value".to_string())
             } else {
-                ("metadata.name", format!("Invalid value: \"{name}\": {detail}"))
+                (
+                    "metadata.name",
+                    format!("Invalid value: \"{name}\": {detail}"),
+                )
             };
             return Err(ApiError::Invalid {
                 name,
@@ -186,10 +189,7 @@ impl Store {
             return Err(ApiError::Invalid {
                 name: name.to_string(),
                 field: "metadata.uid".to_string(),
-                detail: format!(
-                    "Invalid value: \"{}\": field is immutable",
-                    sa.metadata.uid
-                ),
+                detail: format!("Invalid value: \"{}\": field is immutable", sa.metadata.uid),
             });
         }
         // Server-owned fields keep their stored values.
@@ -315,11 +315,17 @@ mod tests {
         let mut store = Store::default();
         let created = store.create("ns", sa("app")).unwrap();
         let same = store.update("ns", "app", created.clone()).unwrap();
-        assert_eq!(same.metadata.resource_version, created.metadata.resource_version);
+        assert_eq!(
+            same.metadata.resource_version,
+            created.metadata.resource_version
+        );
         let mut changed = created.clone();
         changed.metadata.labels.insert("a".into(), "b".into());
         let updated = store.update("ns", "app", changed.clone()).unwrap();
-        assert_ne!(updated.metadata.resource_version, created.metadata.resource_version);
+        assert_ne!(
+            updated.metadata.resource_version,
+            created.metadata.resource_version
+        );
         // `changed` still carries the old resourceVersion: a stale write.
         changed.metadata.labels.insert("c".into(), "d".into());
         assert_eq!(
@@ -330,7 +336,10 @@ mod tests {
             store.update("ns", "nope", sa("nope")).unwrap_err(),
             ApiError::NotFound("nope".into())
         );
-        assert_eq!(store.update("ns", "app", sa("other")).unwrap_err().code(), 400);
+        assert_eq!(
+            store.update("ns", "app", sa("other")).unwrap_err().code(),
+            400
+        );
     }
 
     #[test]
@@ -342,7 +351,9 @@ mod tests {
             resource_version: None,
         };
         assert_eq!(store.delete("ns", "app", &wrong).unwrap_err().code(), 409);
-        let deleted = store.delete("ns", "app", &Preconditions::default()).unwrap();
+        let deleted = store
+            .delete("ns", "app", &Preconditions::default())
+            .unwrap();
         assert_eq!(deleted, created);
         assert_eq!(store.get("ns", "app").unwrap_err().code(), 404);
     }
