@@ -21,8 +21,8 @@ fn kubectl_path() -> PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "kubectl is not installed: these tests prove the emulated API server with real \
-                 kubectl (1.32). Install it (e.g. `apt-get install kubectl`) or set KUBECTL=/path/to/kubectl"
+                "kubectl is not on the PATH: these tests prove the emulated API server with real \
+                 kubectl (written against 1.32). Install kubectl or set KUBECTL=/path/to/kubectl"
             )
         })
 }

@@ -167,7 +167,6 @@ pub fn serve(kube: &FakeKube, token: &Token, req: &Request<Bytes>) -> Served {
         (Route::Object(ns, name), &Method::DELETE) => ("delete", Some(ns), Some(name)),
         _ => return Served::error(None, ApiError::MethodNotAllowed),
     };
-    let verb: &'static str = verb;
     if let Some(verbs) = &token.verbs
         && !verbs.iter().any(|v| v == verb || v == "*")
     {

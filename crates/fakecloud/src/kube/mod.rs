@@ -172,32 +172,25 @@ impl FakeKubeHandle {
         &self.kube
     }
 
-    /// A kubeconfig for this server authenticating with the default token.
+    /// A kubeconfig for this server authenticating with the default token as [`ADMIN_USER`].
     pub fn kubeconfig(&self, namespace: &str) -> String {
-        let token = self.token();
-        let url = self.url();
-        Kubeconfig {
-            server: &url,
-            ca_pem: &self.ca_pem,
-            user: ADMIN_USER,
-            token: &token,
-            namespace,
-        }
-        .to_yaml()
+        self.with_kubeconfig(namespace, |k| k.to_yaml())
     }
 
     /// Writes [`FakeKubeHandle::kubeconfig`] (mode 0600).
     pub fn write_kubeconfig(&self, path: &Path, namespace: &str) -> io::Result<()> {
-        let token = self.token();
-        let url = self.url();
-        Kubeconfig {
+        self.with_kubeconfig(namespace, |k| k.write(path))
+    }
+
+    fn with_kubeconfig<T>(&self, namespace: &str, f: impl FnOnce(&Kubeconfig<'_>) -> T) -> T {
+        let (url, token) = (self.url(), self.token());
+        f(&Kubeconfig {
             server: &url,
             ca_pem: &self.ca_pem,
             user: ADMIN_USER,
             token: &token,
             namespace,
-        }
-        .write(path)
+        })
     }
 
     /// Stops both listeners and waits for their accept loops to end.
