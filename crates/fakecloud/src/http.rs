@@ -71,6 +71,16 @@ pub trait Fake: Send + Sync + 'static {
         None
     }
 
+    /// Extra admin routes that must wait for something (a listener closing or reopening);
+    /// by default [`Fake::admin`].
+    fn admin_async(
+        &self,
+        req: &Request<Bytes>,
+    ) -> impl Future<Output = Option<HttpResponse>> + Send {
+        let resp = self.admin(req);
+        async move { resp }
+    }
+
     /// `200 OK` whose body no parser accepts.
     fn render_garbage(&self) -> HttpResponse {
         let mut resp = Response::new(Full::new(Bytes::from_static(
@@ -270,7 +280,7 @@ async fn dispatch<F: Fake>(
     let req = Request::from_parts(parts, body);
 
     if req.uri().path().starts_with(ADMIN_PREFIX) {
-        return Ok(admin(&*fake, &req));
+        return Ok(admin(&*fake, &req).await);
     }
 
     let latency = fake.faults().latency();
@@ -299,7 +309,7 @@ async fn dispatch<F: Fake>(
     }
 }
 
-fn admin<F: Fake>(fake: &F, req: &Request<Bytes>) -> HttpResponse {
+async fn admin<F: Fake>(fake: &F, req: &Request<Bytes>) -> HttpResponse {
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET, "/_fake/log") => json_response(StatusCode::OK, &fake.log_json()),
@@ -317,7 +327,7 @@ fn admin<F: Fake>(fake: &F, req: &Request<Bytes>) -> HttpResponse {
             }
             Err(err) => json_response(StatusCode::BAD_REQUEST, &json!({"error": err})),
         },
-        _ => fake.admin(req).unwrap_or_else(|| {
+        _ => fake.admin_async(req).await.unwrap_or_else(|| {
             json_response(
                 StatusCode::NOT_FOUND,
                 &json!({"error": format!("no admin route {} {path}", req.method())}),

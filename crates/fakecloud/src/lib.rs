@@ -7,6 +7,8 @@
 //! - [`gcp`]: a faithful fake of Google STS and IAM Credentials.
 //! - [`azure`]: a faithful fake of the Entra ID token endpoint (client-assertion grant).
 //! - [`oci`]: OKE proxymux (HTTPS, generated CA) and a signature-verifying OCI API.
+//! - [`kube`]: a Kubernetes API server for ServiceAccounts (HTTPS, bearer tokens, discovery),
+//!   for real kubectl and the `kube` crate; [`pki`]: the generated cluster CA it and proxymux use.
 //! - [`Cloudscape`]: all of the above started together, and ([`sidecar`]) the environment a
 //!   credbroker sidecar gets to use any set of them.
 
@@ -16,9 +18,11 @@ pub mod faults;
 pub mod gcp;
 pub mod http;
 pub mod issuer;
+pub mod kube;
 pub mod kubelet;
 pub mod oci;
 pub mod oidc;
+pub mod pki;
 pub mod sidecar;
 mod timefmt;
 
@@ -39,8 +43,10 @@ use aws::{DEFAULT_REGION, DEMO_ACCOUNT, DEMO_ROLE_ARN, FakeSts, FakeStsHandle, S
 use azure::{DEMO_CLIENT_ID, DEMO_TENANT_ID, ENTRA_AUDIENCE, FakeEntra, FakeEntraHandle};
 use gcp::{DEMO_PROJECT_ID, DEMO_PROJECT_NUMBER, DEMO_SERVICE_ACCOUNT, FakeGcp, FakeGcpHandle};
 use http::{ServeOptions, ServerHandle, serve_listener};
-use oci::{FakeOciApi, FakeOciApiHandle, FakeProxymux, FakeProxymuxHandle, Pki};
+use kube::{FakeKube, FakeKubeHandle};
+use oci::{FakeOciApi, FakeOciApiHandle, FakeProxymux, FakeProxymuxHandle};
 use oidc::IssuerServer;
+use pki::Pki;
 
 /// Options for [`Cloudscape::start`].
 #[derive(Debug, Clone)]
@@ -97,6 +103,12 @@ pub struct Cloudscape {
     pub oci_api: FakeOciApiHandle,
     /// The cluster CA that signed proxymux's certificate (`ca.crt`), PEM.
     pub oci_ca_path: PathBuf,
+    /// The API server (same cluster CA as proxymux), holding the demo ServiceAccount.
+    pub kube: FakeKubeHandle,
+    /// A kubeconfig for [`Cloudscape::kube`] (bearer token, embedded CA).
+    pub kubeconfig: PathBuf,
+    /// The cluster CA again, under `kube/` (what a webhook's in-cluster `ca.crt` would be).
+    pub kube_ca_path: PathBuf,
     issuer_handle: ServerHandle,
     rotation: AbortOnDrop,
 }
@@ -198,6 +210,17 @@ impl Cloudscape {
         proxymux.set_rpst_lifetime(opts.oci_rpst_lifetime);
         let oci_api = FakeOciApi::start(rpst_signer, loopback).await?;
 
+        // The API server shares the cluster CA with proxymux (both are the cluster endpoint).
+        let kube = FakeKube::start(&pki, loopback).await?;
+        kube.seed(demo_service_account(&opts.service_account))
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let kube_dir = state_dir.join("kube");
+        std::fs::create_dir_all(&kube_dir)?;
+        let kubeconfig = kube_dir.join("kubeconfig");
+        kube.write_kubeconfig(&kubeconfig, &opts.service_account.namespace)?;
+        let kube_ca_path = kube_dir.join("ca.crt");
+        std::fs::write(&kube_ca_path, pki.ca_pem())?;
+
         let mut rotation = AbortOnDrop::default();
         if let Some(every) = opts.rotate_every {
             rotation.0.push(aws_token.spawn_rotation(every));
@@ -220,6 +243,9 @@ impl Cloudscape {
             proxymux,
             oci_api,
             oci_ca_path,
+            kube,
+            kubeconfig,
+            kube_ca_path,
             issuer_handle,
             rotation,
         })
@@ -309,6 +335,13 @@ impl Cloudscape {
                     (c.to_string(), serde_json::Value::Object(env))
                 })
                 .collect::<serde_json::Map<_, _>>(),
+            "kube": {
+                "server": self.kube.url(),
+                "kubeconfig": self.kubeconfig,
+                "ca_path": self.kube_ca_path,
+                "token": self.kube.token(),
+                "admin": self.kube.admin_url(),
+            },
         })
     }
 
@@ -320,6 +353,7 @@ impl Cloudscape {
             entra,
             proxymux,
             oci_api,
+            kube,
             issuer_handle,
             rotation,
             ..
@@ -330,7 +364,32 @@ impl Cloudscape {
         entra.shutdown().await;
         proxymux.shutdown().await;
         oci_api.shutdown().await;
+        kube.shutdown().await;
         issuer_handle.shutdown().await;
+    }
+}
+
+/// The demo workload's ServiceAccount as `credbroker inject` reads it: annotated for every
+/// cloud the way each cloud documents (spec/interface.md, "Injection").
+pub fn demo_service_account(sa: &ServiceAccount) -> kube::ServiceAccount {
+    let annotations = [
+        ("eks.amazonaws.com/role-arn", DEMO_ROLE_ARN),
+        ("azure.workload.identity/client-id", DEMO_CLIENT_ID),
+        ("azure.workload.identity/tenant-id", DEMO_TENANT_ID),
+        ("iam.gke.io/gcp-service-account", DEMO_SERVICE_ACCOUNT),
+        ("credbroker.io/oci", "true"),
+    ];
+    kube::ServiceAccount {
+        metadata: kube::object::ObjectMeta {
+            name: sa.name.clone(),
+            namespace: sa.namespace.clone(),
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        },
+        ..Default::default()
     }
 }
 

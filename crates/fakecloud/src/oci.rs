@@ -5,10 +5,10 @@
 //!   (RPST) bound to that key, with faithful errors and fault injection.
 //! - [`api`]: an OCI API that verifies request signatures (§3) and answers `401
 //!   NotAuthenticated` for expired, foreign or mismatched RPSTs.
-//! - [`signing`]: the signature algorithm both sides use; [`pki`]: the generated CA.
+//! - [`signing`]: the signature algorithm both sides use; [`Pki`] (from [`crate::pki`]): the
+//!   generated cluster CA.
 
 pub mod api;
-pub mod pki;
 pub mod proxymux;
 pub mod signing;
 
@@ -20,8 +20,8 @@ use serde_json::json;
 use crate::http::{HttpResponse, set_content_type};
 use crate::issuer::random_uuid;
 
+pub use crate::pki::Pki;
 pub use api::{ApiRecord, FakeOciApi, FakeOciApiHandle};
-pub use pki::Pki;
 pub use proxymux::{FakeProxymux, FakeProxymuxHandle, ProxymuxRecord, ProxymuxSettings};
 
 /// The region the fakes claim to be.

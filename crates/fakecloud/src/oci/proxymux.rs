@@ -32,7 +32,7 @@ use super::{
 use crate::faults::{Fault, Faults};
 use crate::http::{Fake, HttpResponse, ServeOptions, ServerHandle, json_response, serve};
 use crate::issuer::{Issuer, VerifyError, peek_claims, random_uuid};
-use crate::oci::pki::Pki;
+use crate::pki::Pki;
 use crate::timefmt::{unix_now, unix_now_f64};
 
 /// The exchange's path (Py/Go/Java/TS all use it).

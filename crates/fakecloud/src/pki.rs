@@ -1,5 +1,7 @@
-//! A generated cluster CA and a proxymux server certificate, as an OKE cluster has: clients
-//! trust the CA from the service-account `ca.crt` and verify the IP in `KUBERNETES_SERVICE_HOST`.
+//! A generated cluster CA and one server certificate it signed, as a Kubernetes cluster has:
+//! clients trust the CA (the service-account `ca.crt`, a kubeconfig's
+//! `certificate-authority-data`) and verify the server by IP or DNS name. Used by the OCI
+//! proxymux fake and the emulated API server ([`crate::kube`]).
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -10,10 +12,15 @@ use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+/// The common name of the server certificate [`Pki::generate`] makes.
+pub const DEFAULT_SERVER_CN: &str = "kube-apiserver";
+
 /// A CA and a server configuration whose certificate it signed.
 #[derive(Clone)]
 pub struct Pki {
     ca_pem: String,
+    server_cert_pem: String,
+    server_key_pem: Arc<str>,
     server: Arc<rustls::ServerConfig>,
 }
 
@@ -28,8 +35,19 @@ fn other(e: impl std::fmt::Display) -> io::Error {
 }
 
 impl Pki {
-    /// A new CA named `ca_name`, and a server certificate for `ips` (IP SANs) and `dns` names.
+    /// A new CA named `ca_name`, and a server certificate (CN [`DEFAULT_SERVER_CN`]) for `ips`
+    /// (IP SANs) and `dns` names.
     pub fn generate(ca_name: &str, ips: &[IpAddr], dns: &[&str]) -> io::Result<Pki> {
+        Pki::generate_for(ca_name, DEFAULT_SERVER_CN, ips, dns)
+    }
+
+    /// As [`Pki::generate`], with the server certificate's common name `server_cn`.
+    pub fn generate_for(
+        ca_name: &str,
+        server_cn: &str,
+        ips: &[IpAddr],
+        dns: &[&str],
+    ) -> io::Result<Pki> {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(other)?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params
@@ -52,7 +70,7 @@ impl Pki {
         params.is_ca = IsCa::ExplicitNoCa;
         params
             .distinguished_name
-            .push(DnType::CommonName, "kube-apiserver");
+            .push(DnType::CommonName, server_cn);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate().map_err(other)?;
@@ -71,6 +89,8 @@ impl Pki {
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Pki {
             ca_pem: ca.pem(),
+            server_cert_pem: cert.pem(),
+            server_key_pem: key.serialize_pem().into(),
             server: Arc::new(server),
         })
     }
@@ -78,6 +98,16 @@ impl Pki {
     /// The CA certificate, PEM (what kubelet mounts as `ca.crt`).
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The server certificate, PEM (for a server that reads `--tls-cert-file`).
+    pub fn server_cert_pem(&self) -> &str {
+        &self.server_cert_pem
+    }
+
+    /// The server certificate's private key, PKCS#8 PEM (for `--tls-key-file`).
+    pub fn server_key_pem(&self) -> &str {
+        &self.server_key_pem
     }
 
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
