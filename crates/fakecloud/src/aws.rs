@@ -680,15 +680,7 @@ fn role_id(role_arn: &str) -> String {
 }
 
 /// Lower-case hex SHA-256.
-pub fn sha256_hex(s: &str) -> String {
-    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes());
-    hash.as_ref()
-        .iter()
-        .fold(String::with_capacity(64), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
-}
+pub use crate::sha256_hex;
 
 #[cfg(test)]
 mod tests {

@@ -393,6 +393,18 @@ pub fn demo_service_account(sa: &ServiceAccount) -> kube::ServiceAccount {
     }
 }
 
+/// Lower-case hex SHA-256, how the fakes' request logs name tokens (never the token itself).
+pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
+    use std::fmt::Write as _;
+    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes.as_ref());
+    hash.as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
 fn token_dir(state_dir: &Path, cloud: &str) -> PathBuf {
     state_dir.join("tokens").join(cloud)
 }

@@ -129,13 +129,4 @@ fn set_request_id(resp: &mut HttpResponse) {
 }
 
 /// Lower-case hex SHA-256, for logging tokens and keys without storing them.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    hash.as_ref()
-        .iter()
-        .fold(String::with_capacity(64), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
-}
+pub use crate::sha256_hex;

@@ -1,18 +1,13 @@
 //! Cloudscape end to end, and the `fakecloud run` binary.
 
+mod support;
+use support::client;
+
 use fakecloud::aws::DEMO_ROLE_ARN;
 use fakecloud::{Cloudscape, CloudscapeOptions};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
 
 async fn exchange(client: &reqwest::Client, endpoint: &str, token: &str) -> reqwest::StatusCode {
     client

@@ -1,19 +1,13 @@
 //! The fake Entra token endpoint over real HTTP, inside a Cloudscape.
 
+mod support;
+use support::client;
+
 use fakecloud::azure::{DEMO_CLIENT_ID, DEMO_TENANT_ID, ENTRA_AUDIENCE};
 use fakecloud::faults::Fault;
 use fakecloud::{Cloudscape, CloudscapeOptions, ServiceAccount};
-use std::time::Duration;
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
 
 async fn post(url: &str, form: &[(&str, &str)]) -> (u16, Option<String>, serde_json::Value) {
     let resp = client().post(url).form(form).send().await.unwrap();

@@ -1,14 +1,9 @@
+mod support;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use fakecloud::issuer::{Issuer, ServiceAccount, VerifyError, peek_claims};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+use std::time::Duration;
+use support::now;
 
 fn payload(token: &str) -> serde_json::Value {
     let part = token.split('.').nth(1).unwrap();

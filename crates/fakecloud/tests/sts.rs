@@ -1,5 +1,8 @@
 //! FakeSts over real HTTP.
 
+mod support;
+use support::now;
+
 use fakecloud::aws::{DEMO_ROLE_ARN, FakeSts, FakeStsHandle, StsRecord, sha256_hex};
 use fakecloud::faults::Fault;
 use fakecloud::issuer::{Issuer, ServiceAccount};
@@ -7,7 +10,7 @@ use quick_xml::events::Event;
 use quick_xml::{Reader, XmlVersion};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const AUD: &str = "sts.amazonaws.com";
 
@@ -124,13 +127,6 @@ async fn error_of(resp: reqwest::Response) -> (u16, String, String, String) {
         f["ErrorResponse/Error/Code"].clone(),
         f["ErrorResponse/Error/Message"].clone(),
     )
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 #[tokio::test]
