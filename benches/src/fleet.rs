@@ -22,7 +22,8 @@ use tokio::time::Instant;
 
 use crate::stats::quantile_sorted;
 
-/// GCP's published quota for STS token exchanges: 6,000 per minute per project (reference/gcp.md).
+/// GCP's published quota for STS token exchanges: 6,000 per minute per project
+/// (docs/gcp.md, "STS token exchange").
 pub const GCP_STS_QUOTA_PER_MIN: f64 = 6000.0;
 
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
 //! The four credential surfaces under test and the exact request an SDK sends to each for a
-//! cached credential (reference/{aws,gcp,azure}.md).
+//! cached credential (docs/aws.md, "Container credentials" and "IMDSv2";
+//! docs/gcp.md, "Metadata server"; docs/azure.md, "IMDS token endpoint").
 
 use bytes::Bytes;
 use http::request::Parts;

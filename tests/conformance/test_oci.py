@@ -1,6 +1,7 @@
 """OCI conformance: the Python `oci` SDK, with only an application container's environment
 (OCI_RESOURCE_PRINCIPAL_VERSION=2.2, the RPST and key file paths, the region), signs requests with
-the files the broker writes; the fake OCI API verifies every signature (reference oci.md §3)."""
+the files the broker writes; the fake OCI API verifies every signature
+(docs/oci.md, "Request signing")."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ print(json.dumps({{"namespace": namespace, "tenancy": signer.tenancy_id, "region
 """
 
 # One long-running process, as an application is: the SDK keeps signing with the RPST it loaded
-# until the API answers 401, then reloads the files once and retries (reference §2).
+# until the API answers 401, then reloads the files once and retries
+# (docs/oci.md, "Refresh windows").
 ACROSS_ROTATION = """
 import json, oci, time
 endpoint = {endpoint!r}

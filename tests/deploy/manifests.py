@@ -36,7 +36,8 @@ OVERLAYS = {
 SIDECAR = "credbroker"
 APP = "app"
 
-# Projected service-account token audiences the clouds accept (reference/*.md). GCP's is the
+# Projected service-account token audiences the clouds accept (docs/aws.md, "IRSA webhook";
+# docs/azure.md, "Workload identity webhook"; docs/gcp.md, "STS token exchange"). GCP's is the
 # workload identity provider's resource name, checked against the credential configuration.
 AUDIENCE = {
     "aws": "sts.amazonaws.com",
@@ -45,7 +46,8 @@ AUDIENCE = {
 
 # Variables that make some SDK skip the sidecar (web identity / workload identity / key files
 # come before the container, IMDS and metadata providers in the default chains), plus static
-# keys. From `credbroker env`'s "must NOT be set" lines and reference/{aws,azure,gcp}.md.
+# keys. From `credbroker env`'s "must NOT be set" lines and docs/aws.md, "Provider chain order";
+# docs/azure.md, "Credential precedence"; docs/gcp.md, "Metadata server detection".
 FORBIDDEN_APP_ENV = {
     "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",

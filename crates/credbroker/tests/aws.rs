@@ -46,7 +46,7 @@ async fn container_endpoint_serves_exactly_what_sts_issued() {
     assert_eq!(log[0].duration_seconds, Some(3600));
     assert_eq!(
         log[0].token_sha256.as_deref(),
-        Some(sha256_hex(&scape.aws_token.current()).as_str())
+        Some(sha256_hex(scape.aws_token.current()).as_str())
     );
 }
 

@@ -129,7 +129,8 @@ impl StsError {
     }
 }
 
-/// HTTP status STS uses for an error code (aws.md §1); unknown codes are client errors.
+/// HTTP status STS uses for an error code (docs/aws.md, "Error codes and retries"); unknown codes
+/// are client errors.
 pub fn status_for_code(code: &str) -> u16 {
     match code {
         "IDPRejectedClaim" | "AccessDenied" | "RegionDisabledException" => 403,

@@ -1,10 +1,11 @@
 //! A faithful fake of the Entra ID v2 token endpoint for the client-assertion grant
-//! (reference/azure.md §1): `POST /{tenant}/oauth2/v2.0/token` with `client_credentials` and a
-//! service-account JWT as `client_assertion`. The assertion is verified against an [`Issuer`]
-//! (signature, `exp`, audience `api://AzureADTokenExchange`) and matched against federated
-//! identity credentials (issuer + subject + audience → app, case-sensitive). Errors use Entra's
-//! JSON shape with the AADSTS codes SDKs and operators see: 70021, 700211, 700213, 700024,
-//! 700016, invalid_scope (70011, 1002012), and 429/5xx on demand through [`Faults`].
+//! (docs/azure.md, "Entra client-assertion exchange" and "Entra error codes"):
+//! `POST /{tenant}/oauth2/v2.0/token` with `client_credentials` and a service-account JWT as
+//! `client_assertion`. The assertion is verified against an [`Issuer`] (signature, `exp`, audience
+//! `api://AzureADTokenExchange`) and matched against federated identity credentials (issuer +
+//! subject + audience → app, case-sensitive). Errors use Entra's JSON shape with the AADSTS codes
+//! SDKs and operators see: 70021, 700211, 700213, 700024, 700016, invalid_scope (70011, 1002012),
+//! and 429/5xx on demand through [`Faults`].
 
 use crate::http::Running;
 use bytes::Bytes;
@@ -450,7 +451,7 @@ impl FakeEntra {
 fn access_token(tenant: &str, client_id: &str, resource: &str, lifetime: u64) -> String {
     let now = unix_now();
     let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "kid": "fakecloud-entra"});
-    let oid = sha256_hex(&format!("{tenant}|{client_id}"));
+    let oid = sha256_hex(format!("{tenant}|{client_id}"));
     let claims = serde_json::json!({
         "aud": resource,
         "iss": format!("https://sts.windows.net/{tenant}/"),

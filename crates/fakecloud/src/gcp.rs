@@ -1,5 +1,6 @@
 //! A faithful fake of Google's Security Token Service (`POST /v1/token`) and IAM Credentials
-//! (`generateAccessToken`, `generateIdToken`), on one server (reference/gcp.md §1):
+//! (`generateAccessToken`, `generateIdToken`), on one server (docs/gcp.md, "STS token exchange" and
+//! "IAM Credentials"):
 //!
 //! - STS checks the grant and token types, the workload identity provider audience (its exact
 //!   resource-name form), the subject JWT (RS256 with a `kid`, signature against the [`Issuer`],

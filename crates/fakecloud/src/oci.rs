@@ -1,10 +1,10 @@
-//! Emulated Oracle Cloud for OKE workload identity (reference oci.md):
+//! Emulated Oracle Cloud for OKE workload identity (docs/oci.md, "Protocol facts"):
 //!
 //! - [`proxymux`]: the cluster's proxymux endpoint over HTTPS (a generated CA, an IP SAN),
 //!   exchanging a service-account token and a `podKey` for a resource principal session token
 //!   (RPST) bound to that key, with faithful errors and fault injection.
-//! - [`api`]: an OCI API that verifies request signatures (§3) and answers `401
-//!   NotAuthenticated` for expired, foreign or mismatched RPSTs.
+//! - [`api`]: an OCI API that verifies request signatures (docs/oci.md, "Request signing") and
+//!   answers `401 NotAuthenticated` for expired, foreign or mismatched RPSTs.
 //! - [`signing`]: the signature algorithm both sides use; [`Pki`] (from [`crate::pki`]): the
 //!   generated cluster CA.
 

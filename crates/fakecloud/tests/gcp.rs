@@ -1,5 +1,6 @@
 //! The fake Google STS and IAM Credentials over HTTP: the success shapes, the checks of
-//! reference/gcp.md §1 and their error shapes, and fault injection.
+//! docs/gcp.md, "STS token exchange" and "IAM Credentials", and their error shapes, and fault
+//! injection.
 
 use fakecloud::gcp::{
     self, ACCESS_TOKEN_TYPE, CLOUD_PLATFORM, DEMO_POOL, DEMO_PROJECT_NUMBER, DEMO_PROVIDER,

@@ -1,5 +1,5 @@
 //! The OCI fakes: proxymux over HTTPS minting RPSTs bound to the `podKey`, its errors, and the
-//! API's signature verification (reference oci.md §1, §3).
+//! API's signature verification (docs/oci.md, "Proxymux exchange" and "Request signing").
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{KeyPair, KeySize};

@@ -1,6 +1,6 @@
 //! An OCI API that authenticates requests the way OCI services do for resource principals
-//! (reference oci.md §3): the `Signature` header's `keyId` is `ST$<RPST>`; the RPST must be
-//! one the fake proxymux signed and unexpired; the request must be signed over the required
+//! (docs/oci.md, "Request signing"): the `Signature` header's `keyId` is `ST$<RPST>`; the RPST must
+//! be one the fake proxymux signed and unexpired; the request must be signed over the required
 //! headers with the key the RPST's `jwk` names. Anything else is `401 NotAuthenticated`, which
 //! is what makes the SDKs reload their resource principal files.
 //!

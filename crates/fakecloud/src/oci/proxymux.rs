@@ -1,6 +1,7 @@
-//! The OKE proxymux endpoint (reference oci.md §1): `POST /resourcePrincipalSessionTokens` with
-//! `Authorization: Bearer <service-account token>` and `{"podKey": "<base64 SPKI DER>"}`,
-//! answered with a JSON string literal holding base64 of `{"token":"ST$<RPST>"}`.
+//! The OKE proxymux endpoint (docs/oci.md, "Proxymux exchange"):
+//! `POST /resourcePrincipalSessionTokens` with `Authorization: Bearer <service-account token>` and
+//! `{"podKey": "<base64 SPKI DER>"}`, answered with a JSON string literal holding base64 of
+//! `{"token":"ST$<RPST>"}`.
 //!
 //! Served over HTTPS with a certificate for `127.0.0.1` signed by a generated cluster CA; the
 //! admin API (`/_fake/...`) is served on a second, plain-HTTP loopback listener so test
@@ -40,8 +41,8 @@ pub const PATH: &str = "/resourcePrincipalSessionTokens";
 /// The port the SDKs hard-code (Py, Go, Java); the kubelet-injected variable is
 /// `KUBERNETES_SERVICE_PORT_PROXYMUX`.
 pub const DEFAULT_PORT: u16 = 12250;
-/// RPST lifetime when not told otherwise. The real lifetime is undocumented (reference §1);
-/// an hour keeps refreshes visible in a demo.
+/// RPST lifetime when not told otherwise. The real lifetime is undocumented
+/// (docs/oci.md, "RPST claims"); an hour keeps refreshes visible in a demo.
 pub const DEFAULT_RPST_LIFETIME: Duration = Duration::from_secs(3600);
 /// Keys below this many modulus bits are refused, as the SDKs never generate them.
 const MIN_KEY_BITS: usize = 2048;
@@ -308,7 +309,7 @@ impl FakeProxymux {
             "ocid1.workload.oc1.iad.{}",
             &sha256_hex(format!("{DEMO_CLUSTER}|{subject}").as_bytes())[..60]
         );
-        // `jwk` is a JSON *string* in real RPSTs (reference §1); `n` in base64url.
+        // `jwk` is a JSON *string* in real RPSTs (docs/oci.md, "RPST claims"); `n` in base64url.
         let jwk = json!({
             "kid": format!("podkey-{}", &sha256_hex(&key.n)[..16]),
             "n": URL_SAFE_NO_PAD.encode(&key.n),

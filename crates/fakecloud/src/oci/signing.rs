@@ -1,4 +1,5 @@
-//! OCI request signing (reference oci.md §3): draft-cavage HTTP signatures with RSA-SHA256.
+//! OCI request signing (docs/oci.md, "Request signing"): draft-cavage HTTP signatures with
+//! RSA-SHA256.
 //!
 //! The fake API verifies with [`parse_authorization`], [`signing_string`] and [`verify`]; tests
 //! and the demo sign with [`RequestSigner`], the same algorithm the SDKs implement.
@@ -116,7 +117,8 @@ pub fn content_sha256(body: &[u8]) -> String {
     STANDARD.encode(digest(&SHA256, body).as_ref())
 }
 
-/// Base64 in either alphabet, padded or not: `jwk.n` has been seen in both (reference §1).
+/// Base64 in either alphabet, padded or not: `jwk.n` has been seen in both
+/// (docs/oci.md, "RPST claims").
 pub fn decode_any_base64(text: &str) -> Option<Vec<u8>> {
     const LENIENT: GeneralPurpose = GeneralPurpose::new(
         &base64::alphabet::STANDARD,

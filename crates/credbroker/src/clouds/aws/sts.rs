@@ -1,4 +1,5 @@
-//! STS `AssumeRoleWithWebIdentity` (reference/aws.md §1): an unsigned awsQuery POST, an XML answer.
+//! STS `AssumeRoleWithWebIdentity` (docs/aws.md, "STS AssumeRoleWithWebIdentity"): an unsigned
+//! awsQuery POST, an XML answer.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -127,7 +128,8 @@ pub fn parse_success(body: &str) -> Result<StsCredentials, ExchangeError> {
     })
 }
 
-/// Codes worth retrying soon (reference/aws.md §1 table, and the SDKs' throttling codes).
+/// Codes worth retrying soon (docs/aws.md, "Error codes and retries", and the SDKs' throttling
+/// codes).
 const TRANSIENT_CODES: &[&str] = &[
     "IDPCommunicationError",
     "Throttling",

@@ -1,5 +1,5 @@
 //! Azure configuration, from the variables the Azure Workload Identity webhook injects
-//! (reference/azure.md §3), plus the sidecar's own flags.
+//! (docs/azure.md, "Workload identity webhook"), plus the sidecar's own flags.
 
 use std::path::PathBuf;
 
@@ -161,8 +161,8 @@ impl AzureConfig {
     }
 }
 
-/// The v2 scope for a v1 `resource` (reference/azure.md §1): append `/.default` unless it is
-/// already there, and never trim a trailing slash — `https://management.azure.com/` becomes
+/// The v2 scope for a v1 `resource` (docs/azure.md, "Resource to scope"): append `/.default` unless
+/// it is already there, and never trim a trailing slash — `https://management.azure.com/` becomes
 /// `https://management.azure.com//.default`, because Entra takes everything before the last
 /// `/` as the resource.
 pub fn scope_for(resource: &str) -> String {

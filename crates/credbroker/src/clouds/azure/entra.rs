@@ -1,5 +1,6 @@
-//! The Entra ID client-assertion exchange (reference/azure.md §1): a `client_credentials` grant
-//! whose `client_assertion` is the projected service-account token, one scope per request.
+//! The Entra ID client-assertion exchange (docs/azure.md, "Entra client-assertion exchange"): a
+//! `client_credentials` grant whose `client_assertion` is the projected service-account token, one
+//! scope per request.
 //!
 //! Errors are classified by `error` and `error_codes` only, never by the description text.
 

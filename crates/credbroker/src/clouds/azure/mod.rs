@@ -33,8 +33,9 @@ impl Cloud for Azure {
     const ENABLED_BY: &'static str =
         "AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE";
     /// azure-identity refreshes when less than 5 minutes remain (`DEFAULT_REFRESH_OFFSET = 300`);
-    /// MSAL at half-life for long tokens (docs/azure.md). The policy refreshes at half-life and
-    /// no later than expiry − 5 min − margin, so SDKs never see a token inside their window.
+    /// MSAL at half-life for long tokens (docs/azure.md, "Refresh windows"). The policy refreshes
+    /// at half-life and no later than expiry − 5 min − margin, so SDKs never see a token inside
+    /// their window.
     const SDK_WINDOW: Duration = Duration::from_secs(5 * 60);
     type Flags = Flags;
     type Config = AzureConfig;
@@ -70,7 +71,7 @@ impl Exchange<String> for AzureExchange {
 /// Variables that make an SDK bypass the sidecar when present in the application container.
 /// DefaultAzureCredential tries EnvironmentCredential and WorkloadIdentityCredential before
 /// ManagedIdentityCredential, and Python's ManagedIdentityCredential itself prefers workload
-/// identity over IMDS (reference/azure.md, "Beware precedence").
+/// identity over IMDS (docs/azure.md, "Credential precedence").
 const FORBIDDEN_IN_APP: &[&str] = &[
     "AZURE_CLIENT_ID",
     "AZURE_TENANT_ID",

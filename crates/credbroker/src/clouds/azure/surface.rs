@@ -1,5 +1,6 @@
-//! Azure surfaces (reference/azure.md §2): the IMDS managed-identity endpoint
-//! `/metadata/identity/oauth2/token` and the App Service 2019-08-01 endpoint `/msi/token`.
+//! Azure surfaces (docs/azure.md, "IMDS token endpoint" and "App Service endpoint"): the IMDS
+//! managed-identity endpoint `/metadata/identity/oauth2/token` and the App Service 2019-08-01
+//! endpoint `/msi/token`.
 //!
 //! Both turn `resource` into a scope, find (or create) that scope's cache slot, and render the
 //! token in their protocol's JSON: every value a string, `resource` echoed exactly as asked.
@@ -216,7 +217,7 @@ pub fn render(
             )?,
             // `expires_in` is not in the App Service documentation's example, but MSAL
             // Python's VM path and others read it; sending both, consistent, satisfies every
-            // parser (reference §2 rule 1).
+            // parser (docs/azure.md, "Response compatibility rules", rule 1).
             Flavor::AppService => write!(
                 buf,
                 r#","expires_on":"{}","expires_in":"{expires_in}","resource":"#,

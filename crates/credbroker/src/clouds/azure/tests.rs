@@ -609,7 +609,7 @@ mod against_fake_entra {
         assert_eq!(log[0].grant_type.as_deref(), Some("client_credentials"));
         assert_eq!(
             log[0].assertion_sha256.as_deref(),
-            Some(fakecloud::aws::sha256_hex(&w.volume.current()).as_str())
+            Some(fakecloud::aws::sha256_hex(w.volume.current()).as_str())
         );
         assert_eq!(
             Some(fresh.value.access_token.expose()),

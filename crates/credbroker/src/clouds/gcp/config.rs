@@ -1,6 +1,6 @@
 //! GCP configuration: the `external_account` credential file `GOOGLE_APPLICATION_CREDENTIALS`
-//! names (AIP-4117, reference/gcp.md §1.4), `GOOGLE_CLOUD_PROJECT`, and the instance metadata
-//! flags.
+//! names (AIP-4117; docs/gcp.md, "external_account file"), `GOOGLE_CLOUD_PROJECT`, and the instance
+//! metadata flags.
 
 use std::path::PathBuf;
 

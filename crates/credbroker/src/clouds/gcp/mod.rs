@@ -46,7 +46,7 @@ impl Cloud for Gcp {
 
 /// How long a Google ID token is reused. Go assumes an ID token from the metadata server is
 /// valid for 1 h *from fetch* and refreshes it 5 min early, so a token we hand out must be
-/// young: at most this old (§5 suggests 2–3 min).
+/// young: at most this old (2–3 min: docs/gcp.md, "Refresh windows").
 pub const ID_TOKEN_REUSE: Duration = Duration::from_secs(3 * 60);
 
 /// ID tokens are given an effective lifetime of [`ID_TOKEN_REUSE`]; with no SDK window the
@@ -146,7 +146,8 @@ impl CloudConfig for GcpConfig {
                 // The legacy name older Python and gcloud read.
                 ("GCE_METADATA_ROOT".into(), host),
             ],
-            // Each makes SDKs skip or bypass the metadata server (§2.1, §1.4).
+            // Each makes SDKs skip or bypass the metadata server
+            // (docs/gcp.md, "Metadata server detection" and "external_account file").
             forbidden: vec![
                 "GOOGLE_APPLICATION_CREDENTIALS",
                 "CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE",

@@ -1,5 +1,6 @@
-//! The two Google calls (reference/gcp.md §1): STS token exchange, then IAM Credentials
-//! `generateAccessToken` / `generateIdToken` when a service account is impersonated.
+//! The two Google calls (docs/gcp.md, "STS token exchange" and "IAM Credentials"): STS token
+//! exchange, then IAM Credentials `generateAccessToken` / `generateIdToken` when a service account
+//! is impersonated.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +19,8 @@ use crate::token::TokenSource;
 pub const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-/// Access tokens can be up to 12 288 bytes (§1.1); anything longer is not a token.
+/// Access tokens can be up to 12 288 bytes (docs/gcp.md, "STS token exchange"); anything longer is
+/// not a token.
 const MAX_ACCESS_TOKEN_BYTES: usize = 12_288;
 
 /// A Google access token and when it expires.
@@ -251,14 +253,16 @@ async fn send(
     }
 }
 
-/// OAuth `error` values worth retrying soon (Python `_client._can_retry`, reference §5).
+/// OAuth `error` values worth retrying soon (Python `_client._can_retry`,
+/// docs/gcp.md, "Error codes and retries").
 const TRANSIENT_OAUTH: &[&str] = &[
     "internal_failure",
     "server_error",
     "temporarily_unavailable",
 ];
 
-/// Statuses worth retrying soon (reference §5); 400, 401, 403, 404 and the rest are not.
+/// Statuses worth retrying soon (docs/gcp.md, "Error codes and retries"); 400, 401, 403, 404 and
+/// the rest are not.
 fn transient_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
 }

@@ -1,4 +1,4 @@
-//! The GCE metadata server (reference/gcp.md §2.3–2.4): `/`, and `/computeMetadata/v1/...`
+//! The GCE metadata server (docs/gcp.md, "Metadata server"): `/`, and `/computeMetadata/v1/...`
 //! with the token, identity, service-account, project, instance and universe entries.
 //!
 //! Rules every response follows: `Metadata-Flavor: Google` (node's gcp-metadata throws without

@@ -8,7 +8,8 @@ use reqwest::Url;
 
 use crate::config::{ConfigError, Env, check_region};
 
-/// The port Py, Go and Java hard-code; TS reads `KUBERNETES_SERVICE_PORT_PROXYMUX` (§1).
+/// The port Py, Go and Java hard-code; TS reads `KUBERNETES_SERVICE_PORT_PROXYMUX`
+/// (docs/oci.md, "Proxymux exchange").
 const DEFAULT_PROXYMUX_PORT: u16 = 12250;
 /// The cluster CA kubelet mounts into every pod; overridden by
 /// `OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH` as in the SDKs.

@@ -1,10 +1,11 @@
 //! The pod key: one RSA-2048 key per pod, bound into every RPST (its `jwk` claim) and written
 //! once as `private.pem`.
 //!
-//! The SDKs re-read the key file and the RPST file separately (reference oci.md §2), so rotating
-//! the key would let an SDK pair a new key with an old token. One long-lived key, with only the
-//! RPST rotating, avoids that race; proxymux accepts any `podKey`. A restarted broker reuses the
-//! key file it finds, so the RPST still on disk stays usable while the first exchange runs.
+//! The SDKs re-read the key file and the RPST file separately
+//! (docs/oci.md, "Resource principal 2.2 files"), so rotating the key would let an SDK pair a new
+//! key with an old token. One long-lived key, with only the RPST rotating, avoids that race;
+//! proxymux accepts any `podKey`. A restarted broker reuses the key file it finds, so the RPST
+//! still on disk stays usable while the first exchange runs.
 
 use std::path::Path;
 
@@ -150,7 +151,7 @@ impl PodKey {
     }
 
     /// `podKey` for proxymux: base64 of the SubjectPublicKeyInfo DER, no armour, no newlines
-    /// (Py/TS/Java; reference §1).
+    /// (Py/TS/Java; docs/oci.md, "Proxymux exchange").
     pub fn pod_key(&self) -> String {
         STANDARD.encode(&self.spki_der)
     }
@@ -195,7 +196,7 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
 }
 
 /// Base64 in either alphabet, padded or not: `jwk.n` has been seen as base64url in RPSTs and as
-/// standard base64 in instance tokens (reference §1).
+/// standard base64 in instance tokens (docs/oci.md, "RPST claims").
 pub fn decode_any_base64(text: &str) -> Option<Vec<u8>> {
     const LENIENT: GeneralPurpose = GeneralPurpose::new(
         &base64::alphabet::STANDARD,

@@ -1,8 +1,8 @@
 //! OCI: OKE workload identity (proxymux) → resource principal v2.2 files.
 //!
 //! No OCI SDK discovers credentials over HTTP on its own; what they all read is resource
-//! principal 2.2 (reference oci.md §2): an RPST file and a private key file named by
-//! `OCI_RESOURCE_PRINCIPAL_RPST` and `..._PRIVATE_PEM`. So this cloud has no HTTP surface:
+//! principal 2.2 (docs/oci.md, "Resource principal 2.2 files"): an RPST file and a private key file
+//! named by `OCI_RESOURCE_PRINCIPAL_RPST` and `..._PRIVATE_PEM`. So this cloud has no HTTP surface:
 //! the cache's one pinned slot (keyed by the pod key) is mirrored into those files.
 
 pub mod config;
@@ -36,8 +36,9 @@ impl Cloud for Oci {
     const TITLE: &'static str = "OCI";
     const ENABLED_BY: &'static str = "OCI_RESOURCE_PRINCIPAL_REGION and --oci-output-dir";
     /// Go re-reads the files, and refreshes its own RPSTs, once less than 5 minutes remain
-    /// (`bufferTimeBeforeTokenExpiration`, docs/oci.md); the refresher keeps the file clear of
-    /// that window, and otherwise rewrites it at half-life with jitter as Go and Java do.
+    /// (`bufferTimeBeforeTokenExpiration`; docs/oci.md, "Refresh windows"); the refresher keeps the
+    /// file clear of that window, and otherwise rewrites it at half-life with jitter as Go and Java
+    /// do.
     const SDK_WINDOW: Duration = Duration::from_secs(5 * 60);
     type Flags = Flags;
     type Config = OciConfig;
@@ -213,7 +214,8 @@ impl CloudConfig for OciConfig {
                 ("OCI_RESOURCE_PRINCIPAL_REGION".into(), self.region.clone()),
             ],
             // Go errors when one of key and passphrase is a path and the other is not, and Py
-            // opens a passphrase file in an invalid mode (reference §2).
+            // opens a passphrase file in an invalid mode
+            // (docs/oci.md, "Resource principal 2.2 files").
             forbidden: vec!["OCI_RESOURCE_PRINCIPAL_PRIVATE_PEM_PASSPHRASE"],
             notes: vec![
                 format!(

@@ -1,6 +1,6 @@
-//! The OKE workload identity exchange (reference oci.md §1): the pod's service-account token and
-//! public key go to proxymux on the API server's address; a resource principal session token
-//! (RPST) bound to that key comes back.
+//! The OKE workload identity exchange (docs/oci.md, "Proxymux exchange"): the pod's service-account
+//! token and public key go to proxymux on the API server's address; a resource principal session
+//! token (RPST) bound to that key comes back.
 //!
 //! Proxymux is reached with its own client trusting only the cluster CA. rustls verifies the
 //! certificate against the URL's host, which is the IP in `KUBERNETES_SERVICE_HOST`, so the IP
@@ -233,7 +233,8 @@ pub fn parse_error(status: u16, body: &[u8]) -> ExchangeError {
         format!("HTTP {status}: {}", upstream.trim())
     };
     let (retry, message) = match status {
-        // Py and Go map 403 to "Please ensure the cluster type is enhanced" (reference §1).
+        // Py and Go map 403 to "Please ensure the cluster type is enhanced"
+        // (docs/oci.md, "Proxymux exchange").
         403 => (
             Retry::Permanent,
             format!(

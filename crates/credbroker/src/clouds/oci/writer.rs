@@ -1,5 +1,6 @@
-//! OCI's surface is two files, not a route (reference oci.md §2): `rpst` and `private.pem` in
-//! the output directory, named by `OCI_RESOURCE_PRINCIPAL_RPST` and `..._PRIVATE_PEM`.
+//! OCI's surface is two files, not a route (docs/oci.md, "Resource principal 2.2 files"): `rpst`
+//! and `private.pem` in the output directory, named by `OCI_RESOURCE_PRINCIPAL_RPST` and
+//! `..._PRIVATE_PEM`.
 //!
 //! Each file is replaced atomically (temp file in the same directory, fsync, rename) with no
 //! trailing newline: the SDKs read the files whole, never trim them, and re-read them at times
