@@ -1,12 +1,15 @@
 """The container image, built without a Docker daemon by deploy/image/build-oci.sh (umoci).
 
-The image is built from the test binary (target/debug, stripped by the script), unpacked as a
-container runtime would, and run from its own root filesystem with chroot as the image's user:
+The image is built from the shipped binary (target/shipped/credbroker: `-p credbroker
+--no-default-features`, as deploy/Dockerfile builds it; scripts/test makes it), stripped by the
+script, unpacked as a container runtime would, and run from its own root filesystem with chroot as
+the image's user:
 `--version`, then `serve` against the emulated AWS STS, which must become ready and hand out
 credentials. That proves the image holds everything the binary needs at run time (loader,
 libraries, CA bundle, user) and nothing is borrowed from this machine.
 
-Needs umoci and root (scripts/test installs umoci when it can); skipped otherwise.
+Needs umoci and root (scripts/test installs umoci when it can); skipped otherwise. The checks that
+the shipped binary carries no emulator need neither and always run.
 """
 
 from __future__ import annotations
@@ -26,12 +29,55 @@ from manifests import BIN_DIR, CREDBROKER, ROOT
 
 BUILD = ROOT / "deploy" / "image" / "build-oci.sh"
 FAKECLOUD = BIN_DIR / "fakecloud"
+SHIPPED = ROOT / "target" / "shipped" / "credbroker"
 UID = 65532
+# What only the emulators bring: fakecloud itself, its token issuing (jsonwebtoken) and its
+# certificate authority (rcgen).
+EMULATOR_CRATES = ("fakecloud", "jsonwebtoken", "rcgen")
 
-pytestmark = [
+needs_image = [
     pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed"),
     pytest.mark.skipif(os.geteuid() != 0, reason="building and chrooting into the image needs root"),
 ]
+
+
+def dockerfile_cargo_args() -> list[str]:
+    """The `cargo build` words of deploy/Dockerfile's build stage."""
+    text = (ROOT / "deploy" / "Dockerfile").read_text().replace("\\\n", " ")
+    line = next(l for l in text.splitlines() if "cargo build" in l)
+    words = line.split("cargo build", 1)[1].split("&&")[0].split()
+    return [w for w in words if w not in ("--release", "--locked")]
+
+
+def cargo_tree(*args: str) -> set[str]:
+    """Crate names in the normal (shipped) dependency tree `cargo tree` prints for `args`."""
+    out = subprocess.run(["cargo", "tree", "--locked", "-e", "normal,build", "--prefix", "none", *args],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+def test_the_image_build_carries_no_emulator():
+    args = dockerfile_cargo_args()
+    assert "--no-default-features" in args and "-p" in args, args
+    # `cargo tree` takes the package and feature words; `--bin NAME` only picks the artefact.
+    i = args.index("--bin")
+    shipped = cargo_tree(*(args[:i] + args[i + 2:]))
+    assert "credbroker" in shipped and "reqwest" in shipped, sorted(shipped)
+    assert not shipped & set(EMULATOR_CRATES), sorted(shipped & set(EMULATOR_CRATES))
+    # The control: the default build (the newcomer's demo) does pull them in.
+    assert set(EMULATOR_CRATES) <= cargo_tree("-p", "credbroker"), "the check cannot fail"
+
+
+def test_the_shipped_binary_has_no_demo():
+    assert SHIPPED.exists(), f"{SHIPPED} is built by scripts/test (cargo build -p credbroker --no-default-features)"
+    proc = subprocess.run([str(SHIPPED), "demo"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert "without the `demo` feature" in proc.stderr, proc.stderr
+    # Nothing of the emulators was linked in: none of their crate paths appear in the binary.
+    blob = SHIPPED.read_bytes()
+    for crate in EMULATOR_CRATES:
+        assert f"/{crate}-".encode() not in blob and f"crates/{crate}/".encode() not in blob, crate
 
 
 def run(*cmd, **kw) -> subprocess.CompletedProcess:
@@ -63,9 +109,12 @@ def get(url, headers=None):
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
     """(layout dir, unpacked bundle dir) of a freshly built image."""
+    for mark in needs_image:
+        if mark.args[0]:
+            pytest.skip(mark.kwargs["reason"])
     work = tmp_path_factory.mktemp("image")
     layout, bundle = work / "layout", work / "bundle"
-    run(BUILD, CREDBROKER, layout, "test")
+    run(BUILD, SHIPPED, layout, "test")
     run("umoci", "unpack", "--image", f"{layout}:test", bundle)
     return layout, bundle
 
