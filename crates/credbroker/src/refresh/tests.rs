@@ -1,54 +1,17 @@
 //! Refresher behaviour under tokio's paused clock: no sleeps, no network.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep};
 
 use super::*;
 use crate::clock::TokioClock;
 use crate::exchange::{Exchange, ExchangeError, Fresh};
+use crate::testing::Scripted;
 
-enum Step {
-    Ok(Duration),
-    Err(ExchangeError),
-}
-
-/// An exchanger that follows a script, then issues `default_life` credentials forever.
-struct Scripted {
-    clock: TokioClock,
-    calls: AtomicUsize,
-    script: Mutex<VecDeque<Step>>,
-    default_life: Duration,
-    delay: Duration,
-    log: Mutex<Vec<(String, Instant)>>,
-}
-
-impl Scripted {
-    fn new(default_life: Duration) -> Arc<Self> {
-        Arc::new(Scripted {
-            clock: TokioClock::now_wall(),
-            calls: AtomicUsize::new(0),
-            script: Mutex::new(VecDeque::new()),
-            default_life,
-            delay: Duration::from_millis(100),
-            log: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn then(&self, step: Step) {
-        self.script.lock().push_back(step);
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
+/// The scripted upstream, issuing its call count as the credential.
 #[derive(Clone)]
 struct Shared(Arc<Scripted>);
 
@@ -56,17 +19,11 @@ impl Exchange<String> for Shared {
     type Credential = usize;
 
     async fn exchange(&self, key: &String) -> Result<Fresh<usize>, ExchangeError> {
-        let n = self.0.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        self.0.log.lock().push((key.clone(), Instant::now()));
-        sleep(self.0.delay).await;
-        let step = self.0.script.lock().pop_front();
-        match step.unwrap_or(Step::Ok(self.0.default_life)) {
-            Step::Ok(life) => Ok(Fresh {
-                value: n,
-                expires_at: self.0.clock.wall() + life,
-            }),
-            Step::Err(e) => Err(e),
-        }
+        let (n, expires_at) = self.0.issue(key).await?;
+        Ok(Fresh {
+            value: n,
+            expires_at,
+        })
     }
 }
 
@@ -204,10 +161,7 @@ async fn single_flight_for_a_hundred_concurrent_misses() {
 async fn transient_errors_back_off_exponentially() {
     let ex = Scripted::new(mins(60));
     for _ in 0..4 {
-        ex.then(Step::Err(ExchangeError::transient(
-            "Throttling",
-            "Rate exceeded",
-        )));
+        ex.then_fail(ExchangeError::transient("Throttling", "Rate exceeded"));
     }
     let cache = cache(&ex);
     let slot = cache.pin("role".into());
@@ -233,9 +187,9 @@ async fn transient_errors_back_off_exponentially() {
 #[tokio::test(start_paused = true)]
 async fn retry_after_is_honoured() {
     let ex = Scripted::new(mins(60));
-    ex.then(Step::Err(
+    ex.then_fail(
         ExchangeError::transient("Throttling", "x").with_retry_after(Some(Duration::from_secs(30))),
-    ));
+    );
     let cache = cache(&ex);
     cache.pin("role".into());
     sleep(Duration::from_secs(29)).await;
@@ -247,10 +201,7 @@ async fn retry_after_is_honoured() {
 #[tokio::test(start_paused = true)]
 async fn permanent_errors_are_not_retried_quickly() {
     let ex = Scripted::new(mins(60));
-    ex.then(Step::Err(ExchangeError::permanent(
-        "AccessDenied",
-        "Not authorized",
-    )));
+    ex.then_fail(ExchangeError::permanent("AccessDenied", "Not authorized"));
     let cache = cache(&ex);
     let slot = cache.pin("role".into());
     // Many readers during the failure do not cause extra calls.
@@ -278,10 +229,7 @@ async fn stale_while_error_until_the_serve_floor_then_expiry() {
     let slot = cache.pin("role".into());
     slot.get(Duration::from_secs(2)).await.unwrap();
     for _ in 0..100 {
-        ex.then(Step::Err(ExchangeError::transient(
-            "ServiceUnavailable",
-            "down",
-        )));
+        ex.then_fail(ExchangeError::transient("ServiceUnavailable", "down"));
     }
     // Past the refresh point the exchanges fail, but the first credential keeps being served.
     sleep(mins(50)).await;
@@ -314,10 +262,10 @@ async fn short_lived_credentials_are_not_refreshed_in_a_loop() {
 #[tokio::test(start_paused = true)]
 async fn token_change_retries_a_failing_slot_at_once() {
     let ex = Scripted::new(mins(60));
-    ex.then(Step::Err(ExchangeError::permanent(
+    ex.then_fail(ExchangeError::permanent(
         "ExpiredTokenException",
         "Token expired",
-    )));
+    ));
     let (tx, rx) = watch::channel(0u64);
     let cache = cache_with(&ex, aws_policy(), Some(rx), KeyLimits::default());
     let slot = cache.pin("role".into());
@@ -339,10 +287,7 @@ async fn token_change_retries_a_failing_slot_at_once() {
 async fn token_churn_while_failing_is_rate_limited() {
     let ex = Scripted::new(mins(60));
     for _ in 0..1000 {
-        ex.then(Step::Err(ExchangeError::transient(
-            "TokenFile",
-            "not a JWT",
-        )));
+        ex.then_fail(ExchangeError::transient("TokenFile", "not a JWT"));
     }
     let (tx, rx) = watch::channel(0u64);
     let _cache = cache_with(&ex, aws_policy(), Some(rx), KeyLimits::default());

@@ -1,25 +1,22 @@
 //! Azure: the refresher under Azure's margins (paused time), the surfaces' serving rules, and
 //! the Entra exchange against the fake Entra over real HTTP.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::request::Parts;
-use parking_lot::Mutex;
 use tokio::time::{Instant, sleep};
 
 use super::surface::{AppServiceSurface, AzureToken, Flavor, ImdsSurface, Tokens, render};
 use super::*;
-use crate::clock::{Clock, TokioClock};
+use crate::clock::Clock;
 use crate::clouds::Cloud;
 use crate::exchange::{Exchange, ExchangeError, Fresh, Retry};
 use crate::metrics::Metrics;
 use crate::refresh::{Cache, Unavailable};
 use crate::secret::Secret;
 use crate::surface::Surface;
-use crate::testing::{claims, route};
+use crate::testing::{Scripted, claims, route};
 
 const CLIENT: &str = "3f9a1c2e-7b4d-4e8f-a1b2-c3d4e5f60718";
 const HEADER: &str = "identity-header-0123456789";
@@ -29,38 +26,6 @@ fn mins(m: u64) -> Duration {
 }
 
 /// Issues `life`-long tokens named `<scope>#<n>`, after 100 ms, unless told to fail.
-struct Scripted {
-    clock: TokioClock,
-    life: Mutex<Duration>,
-    fail_with: Mutex<Option<ExchangeError>>,
-    calls: AtomicUsize,
-    per_scope: Mutex<HashMap<String, Vec<Instant>>>,
-}
-
-impl Scripted {
-    fn new(life: Duration) -> Arc<Self> {
-        Arc::new(Scripted {
-            clock: TokioClock::now_wall(),
-            life: Mutex::new(life),
-            fail_with: Mutex::new(None),
-            calls: AtomicUsize::new(0),
-            per_scope: Mutex::new(HashMap::new()),
-        })
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn times(&self, scope: &str) -> Vec<Instant> {
-        self.per_scope
-            .lock()
-            .get(scope)
-            .cloned()
-            .unwrap_or_default()
-    }
-}
-
 #[derive(Clone)]
 struct Script(Arc<Scripted>);
 
@@ -68,19 +33,8 @@ impl Exchange<String> for Script {
     type Credential = AzureToken;
 
     async fn exchange(&self, scope: &String) -> Result<Fresh<AzureToken>, ExchangeError> {
-        let n = self.0.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        self.0
-            .per_scope
-            .lock()
-            .entry(scope.clone())
-            .or_default()
-            .push(Instant::now());
-        sleep(Duration::from_millis(100)).await;
-        if let Some(e) = self.0.fail_with.lock().clone() {
-            return Err(e);
-        }
+        let (n, expires) = self.0.issue(scope).await?;
         let now = self.0.clock.wall();
-        let expires = now + *self.0.life.lock();
         Ok(Fresh {
             value: AzureToken::new(
                 Secret::new(format!("{scope}#{n}")),
