@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::clouds::CloudFlags;
+use crate::clouds::{CloudFlags, InjectFlags};
 
 /// The credential listener's default: loopback only, a fixed port applications are pointed at.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8189";
@@ -46,6 +46,9 @@ pub enum Command {
     Env(ServeArgs),
     /// One exchange per enabled cloud; a redacted summary; exit 0 only if all succeeded.
     Check(ServeArgs),
+    /// The mutating admission webhook: injects the sidecar into pods labelled
+    /// credbroker.io/inject=true, from their ServiceAccount's cloud annotations.
+    Inject(InjectArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -108,6 +111,52 @@ pub struct CommonArgs {
     /// After binding, write `credentials=ADDR` and `ops=ADDR` lines here (for ports chosen with :0).
     #[arg(long, env = "CREDBROKER_ADDR_FILE", value_name = "PATH")]
     pub addr_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InjectArgs {
+    /// HTTPS listener the API server calls (path /mutate).
+    #[arg(
+        long,
+        env = "CREDBROKER_LISTEN",
+        default_value = "0.0.0.0:9443",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+
+    /// PEM certificate chain served on --listen; re-read when the file changes.
+    #[arg(long, env = "CREDBROKER_TLS_CERT_FILE", value_name = "PATH")]
+    pub tls_cert_file: PathBuf,
+
+    /// PEM private key of --tls-cert-file; re-read when the file changes.
+    #[arg(long, env = "CREDBROKER_TLS_KEY_FILE", value_name = "PATH")]
+    pub tls_key_file: PathBuf,
+
+    /// Operations listener: /healthz, /readyz, /metrics.
+    #[arg(long, env = "CREDBROKER_OPS_LISTEN", default_value = DEFAULT_OPS_LISTEN, value_name = "ADDR")]
+    pub ops_listen: SocketAddr,
+
+    /// The credbroker image the injected sidecar runs.
+    #[arg(long, env = "CREDBROKER_IMAGE", value_name = "IMAGE")]
+    pub image: String,
+
+    /// How long one ServiceAccount read from the API server may take (milliseconds): well
+    /// inside the webhook's timeoutSeconds, so an unreachable API server is a refusal that
+    /// says so rather than the API server's own timeout.
+    #[arg(
+        long,
+        env = "CREDBROKER_API_TIMEOUT_MS",
+        default_value_t = 2000,
+        value_name = "MS"
+    )]
+    pub api_timeout_ms: u64,
+
+    /// After binding, write `webhook=ADDR` and `ops=ADDR` lines here (for ports chosen with :0).
+    #[arg(long, env = "CREDBROKER_ADDR_FILE", value_name = "PATH")]
+    pub addr_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub clouds: InjectFlags,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -107,6 +107,33 @@ impl Fs for MemFs {
     }
 }
 
+/// Watches the directory holding `path` (kubelet and Secret volumes swap a `..data` symlink,
+/// which silences a watch on the file itself) and wakes `wake` on any event there. `None` when
+/// the directory cannot be watched: callers re-read on a backstop interval anyway.
+pub(crate) fn watch_parent(
+    path: &Path,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let result = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            wake.notify_one();
+        }
+    })
+    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
+    match result {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; relying on periodic re-reads");
+            None
+        }
+    }
+}
+
 /// Replaces `path` with `contents` so a reader sees either the old or the new file, never a part.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: FileMode) -> std::io::Result<()> {
     let dir = path

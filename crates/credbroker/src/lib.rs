@@ -16,6 +16,7 @@ mod demo;
 pub mod exchange;
 pub mod fs;
 pub mod http;
+pub mod inject;
 pub mod metrics;
 pub mod ops;
 pub mod refresh;

@@ -35,6 +35,9 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(true)
             }
             Command::Check(args) => app::check(args, env, &mut std::io::stdout()).await,
+            Command::Inject(args) => crate::inject::run(args, shutdown_signal())
+                .await
+                .map(|()| true),
         }
     });
     match result {

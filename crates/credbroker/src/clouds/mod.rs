@@ -25,6 +25,7 @@ use crate::clock::Clock;
 use crate::config::{ConfigError, Env};
 use crate::exchange::Exchange;
 use crate::fs::FileMode;
+use crate::inject::part::{Account, PodPart, Refusal};
 use crate::metrics::Metrics;
 use crate::refresh::{Cache, CacheBuilder, CacheKey};
 use crate::token::{BACKSTOP_INTERVAL, TokenSource};
@@ -51,6 +52,15 @@ pub trait Cloud: Sync + 'static {
 
     /// The configuration from the cloud's own variables and flags; `None` when not enabled.
     fn detect(env: &Env, flags: &Self::Flags) -> Result<Option<Self::Config>, ConfigError>;
+
+    /// The ServiceAccount annotation that names its identity (what the admission webhook asks
+    /// for when a pod's ServiceAccount names none).
+    const IDENTITY_ANNOTATION: &'static str;
+    /// Its admission-webhook flags: cloud-wide settings an annotation cannot carry.
+    type InjectFlags: Args + FromArgMatches;
+    /// What the webhook adds to a pod for this cloud, from its ServiceAccount's annotations;
+    /// `None` when they name no identity for it.
+    fn inject(sa: &Account, flags: &Self::InjectFlags) -> Result<Option<PodPart>, Refusal>;
 
     /// A cache for this cloud's credentials: its name and SDK window.
     fn cache_builder<K: CacheKey, E: Exchange<K>>(exchanger: E) -> CacheBuilder<K, E> {
@@ -86,6 +96,9 @@ pub trait Declared: Sync {
         env: &Env,
         flags: &CloudFlags,
     ) -> Result<Option<Box<dyn CloudConfig>>, ConfigError>;
+    fn identity_annotation(&self) -> &'static str;
+    fn augment_inject_args(&self, cmd: clap::Command) -> clap::Command;
+    fn inject(&self, sa: &Account, flags: &InjectFlags) -> Result<Option<PodPart>, Refusal>;
 }
 
 impl<C: Cloud> Declared for C {
@@ -117,13 +130,66 @@ impl<C: Cloud> Declared for C {
         let own: C::Flags = flags.of();
         Ok(C::detect(env, &own)?.map(|c| Box::new(c) as Box<dyn CloudConfig>))
     }
+
+    fn identity_annotation(&self) -> &'static str {
+        C::IDENTITY_ANNOTATION
+    }
+
+    fn augment_inject_args(&self, cmd: clap::Command) -> clap::Command {
+        C::InjectFlags::augment_args(cmd)
+    }
+
+    fn inject(&self, sa: &Account, flags: &InjectFlags) -> Result<Option<PodPart>, Refusal> {
+        let own: C::InjectFlags = flags.of();
+        C::inject(sa, &own)
+    }
 }
 
-/// Every registered cloud's flags, as parsed. Each cloud reads its own from these matches.
-#[derive(Debug, Clone)]
-pub struct CloudFlags(ArgMatches);
+/// Every registered cloud's flags of one kind (`S`: the sidecar's, or the webhook's), as
+/// parsed. Each cloud reads its own from these matches.
+pub struct RegistryFlags<S: FlagKind>(ArgMatches, std::marker::PhantomData<S>);
 
-impl CloudFlags {
+/// Which of a cloud's flag sets.
+pub trait FlagKind: 'static {
+    fn augment(cloud: &dyn Declared, cmd: clap::Command) -> clap::Command;
+}
+
+/// The sidecar's flags (`serve`, `env`, `check`).
+pub enum ServeFlags {}
+
+impl FlagKind for ServeFlags {
+    fn augment(cloud: &dyn Declared, cmd: clap::Command) -> clap::Command {
+        cloud.augment_args(cmd)
+    }
+}
+
+/// The admission webhook's flags (`inject`).
+pub enum WebhookFlags {}
+
+impl FlagKind for WebhookFlags {
+    fn augment(cloud: &dyn Declared, cmd: clap::Command) -> clap::Command {
+        cloud.augment_inject_args(cmd)
+    }
+}
+
+/// Every cloud's sidecar flags.
+pub type CloudFlags = RegistryFlags<ServeFlags>;
+/// Every cloud's webhook flags.
+pub type InjectFlags = RegistryFlags<WebhookFlags>;
+
+impl<S: FlagKind> Clone for RegistryFlags<S> {
+    fn clone(&self) -> Self {
+        RegistryFlags(self.0.clone(), std::marker::PhantomData)
+    }
+}
+
+impl<S: FlagKind> std::fmt::Debug for RegistryFlags<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RegistryFlags").field(&self.0).finish()
+    }
+}
+
+impl<S: FlagKind> RegistryFlags<S> {
     /// The clouds' flags from command-line words (no program name), e.g. for the demo.
     pub fn parse_from<I, T>(words: I) -> Result<Self, clap::Error>
     where
@@ -132,27 +198,25 @@ impl CloudFlags {
     {
         let cmd = Self::augment_args(clap::Command::new("credbroker").no_binary_name(true));
         let matches = cmd.try_get_matches_from(words)?;
-        Ok(CloudFlags(matches))
+        Ok(RegistryFlags(matches, std::marker::PhantomData))
     }
-}
 
-impl CloudFlags {
     /// One cloud's flags.
     pub fn of<F: FromArgMatches>(&self) -> F {
         F::from_arg_matches(&self.0).expect("every cloud's flags are registered")
     }
 }
 
-impl Default for CloudFlags {
+impl<S: FlagKind> Default for RegistryFlags<S> {
     /// Every flag at its default (and its `CREDBROKER_*` variable, when set).
     fn default() -> Self {
         Self::parse_from(std::iter::empty::<String>()).expect("no words parse")
     }
 }
 
-impl FromArgMatches for CloudFlags {
+impl<S: FlagKind> FromArgMatches for RegistryFlags<S> {
     fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
-        Ok(CloudFlags(matches.clone()))
+        Ok(RegistryFlags(matches.clone(), std::marker::PhantomData))
     }
 
     fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
@@ -161,9 +225,9 @@ impl FromArgMatches for CloudFlags {
     }
 }
 
-impl Args for CloudFlags {
+impl<S: FlagKind> Args for RegistryFlags<S> {
     fn augment_args(cmd: clap::Command) -> clap::Command {
-        CLOUDS.iter().fold(cmd, |cmd, c| c.augment_args(cmd))
+        CLOUDS.iter().fold(cmd, |cmd, c| S::augment(*c, cmd))
     }
 
     fn augment_args_for_update(cmd: clap::Command) -> clap::Command {

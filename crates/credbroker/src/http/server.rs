@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 pub type Resp = Response<Full<Bytes>>;
@@ -59,8 +59,100 @@ pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     limits: ServerLimits,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_conns(listener, Plain, HeadOnly(handler), limits, shutdown).await
+}
+
+/// Handles a request with its body (read up to [`BodyHandler::MAX_BODY`] bytes).
+pub trait BodyHandler: Send + Sync + 'static {
+    const MAX_BODY: usize;
+    /// `body` is `Err` when the client sent more than `MAX_BODY` bytes or the body broke off.
+    fn call(&self, req: Parts, body: Result<Bytes, BodyError>)
+    -> impl Future<Output = Resp> + Send;
+}
+
+/// A request body that could not be read whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the request body could not be read: {0}")]
+    Broken(String),
+}
+
+/// Turns an accepted TCP connection into the stream HTTP is spoken on (TLS, or nothing).
+pub trait Accept: Send + Sync + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self, tcp: TcpStream) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+/// Plain HTTP.
+pub struct Plain;
+
+impl Accept for Plain {
+    type Io = TcpStream;
+
+    async fn accept(&self, tcp: TcpStream) -> std::io::Result<TcpStream> {
+        Ok(tcp)
+    }
+}
+
+/// Serves `handler` over HTTPS: each connection is handshaken by `accept` (within the header
+/// timeout), each request's body read up to the handler's cap.
+pub async fn serve_tls<H: BodyHandler, A: Accept>(
+    listener: TcpListener,
+    accept: A,
+    handler: Arc<H>,
+    limits: ServerLimits,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_conns(listener, accept, WithBody(handler), limits, shutdown).await
+}
+
+/// What the connection loop calls: a head-only [`Handler`] (the credential hot path reads no
+/// body) or a [`BodyHandler`].
+trait Serve: Send + Sync + 'static {
+    fn serve(&self, req: Request<Incoming>) -> impl Future<Output = Resp> + Send;
+}
+
+struct HeadOnly<H>(Arc<H>);
+
+impl<H: Handler> Serve for HeadOnly<H> {
+    async fn serve(&self, req: Request<Incoming>) -> Resp {
+        let (parts, _body) = req.into_parts();
+        self.0.call(parts).await
+    }
+}
+
+struct WithBody<H>(Arc<H>);
+
+impl<H: BodyHandler> Serve for WithBody<H> {
+    async fn serve(&self, req: Request<Incoming>) -> Resp {
+        use http_body_util::BodyExt;
+        let (parts, body) = req.into_parts();
+        let body = match http_body_util::Limited::new(body, H::MAX_BODY)
+            .collect()
+            .await
+        {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(BodyError::TooLarge(H::MAX_BODY))
+            }
+            Err(e) => Err(BodyError::Broken(e.to_string())),
+        };
+        self.0.call(parts, body).await
+    }
+}
+
+async fn serve_conns<S: Serve, A: Accept>(
+    listener: TcpListener,
+    accept: A,
+    service: S,
+    limits: ServerLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let (accept, service) = (Arc::new(accept), Arc::new(service));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -75,7 +167,7 @@ pub async fn serve<H: Handler>(
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = stopped(&mut shutdown) => break,
         };
-        let (stream, _peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+        let (stream, _peer): (TcpStream, SocketAddr) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -87,19 +179,24 @@ pub async fn serve<H: Handler>(
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let handler = handler.clone();
-            async move {
-                let (parts, _body) = req.into_parts();
-                Ok::<_, Infallible>(handler.call(parts).await)
-            }
-        });
-        let io = WriteDeadline::new(stream, limits.header_read_timeout);
-        let conn = builder.serve_connection(TokioIo::new(io), service);
-        let conn = graceful.watch(conn);
+        let (accept, service, builder) = (accept.clone(), service.clone(), builder.clone());
+        let watcher = graceful.watcher();
+        let timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            let _ = conn.await;
+            let io = match tokio::time::timeout(timeout, accept.accept(stream)).await {
+                Ok(Ok(io)) => io,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "connection set-up failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let service = service.clone();
+                async move { Ok::<_, Infallible>(service.serve(req).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(WriteDeadline::new(io, timeout)), svc);
+            let _ = watcher.watch(conn).await;
             drop(permit);
         });
     }

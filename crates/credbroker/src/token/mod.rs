@@ -153,7 +153,7 @@ impl TokenSource {
     /// Watches the token's directory (and re-reads every `backstop`) until the source is dropped.
     pub fn spawn_watch(self: &Arc<Self>, backstop: Duration) -> tokio::task::JoinHandle<()> {
         let wake = Arc::new(Notify::new());
-        let watcher = start_watcher(&self.path, wake.clone());
+        let watcher = crate::fs::watch_parent(&self.path, wake.clone());
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let _watcher = watcher;
@@ -169,27 +169,6 @@ impl TokenSource {
                 let _ = source.read_now();
             }
         })
-    }
-}
-
-fn start_watcher(path: &Path, wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
-    use notify::{RecursiveMode, Watcher};
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let result = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            wake.notify_one();
-        }
-    })
-    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
-    match result {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch token directory; relying on periodic re-reads");
-            None
-        }
     }
 }
 

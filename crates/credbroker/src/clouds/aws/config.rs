@@ -5,17 +5,28 @@ use std::path::PathBuf;
 use reqwest::Url;
 
 use super::Aws;
+use super::auth::AuthSource;
 use crate::clouds::Cloud;
 use crate::config::{ConfigError, Env};
 use crate::http::client::endpoint;
+use crate::secret::Secret;
 
 #[derive(clap::Args, Debug, Clone)]
 #[group(id = "aws_flags")]
 pub struct Flags {
-    /// File holding the value applications must send in `Authorization` to /v1/credentials.
-    /// Created with a random value when missing. Required when AWS is enabled.
+    /// File holding the value applications must send in `Authorization` to /v1/credentials
+    /// (AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE). Created with a random value when missing, and
+    /// followed when it changes; with --aws-auth-token, written with that value.
     #[arg(long, env = "CREDBROKER_AWS_AUTH_TOKEN_FILE", value_name = "PATH")]
     pub aws_auth_token_file: Option<PathBuf>,
+
+    /// The value itself (AWS_CONTAINER_AUTHORIZATION_TOKEN), for SDKs that read only the
+    /// literal: e.g. the pod's UID, given to both containers by the downward API. At least 16
+    /// printable characters. Without this flag and --aws-auth-token-file, /v1/credentials is off
+    /// and only IMDSv2 serves.
+    #[arg(long, env = "CREDBROKER_AWS_AUTH_TOKEN", value_name = "VALUE",
+          hide_env_values = true, value_parser = parse_auth_token)]
+    pub aws_auth_token: Option<Secret>,
 
     /// DurationSeconds asked of STS (900–43200; must not exceed the role's maximum).
     #[arg(long, env = "CREDBROKER_AWS_SESSION_DURATION", default_value_t = 3600,
@@ -27,9 +38,25 @@ impl Default for Flags {
     fn default() -> Self {
         Flags {
             aws_auth_token_file: None,
+            aws_auth_token: None,
             aws_session_duration: 3600,
         }
     }
+}
+
+/// The shared value must not be guessable: at least this many characters.
+const MIN_AUTH_TOKEN_LEN: usize = 16;
+
+fn parse_auth_token(value: &str) -> Result<Secret, String> {
+    if value.len() < MIN_AUTH_TOKEN_LEN {
+        return Err(format!(
+            "must be at least {MIN_AUTH_TOKEN_LEN} characters (it is what guards /v1/credentials)"
+        ));
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be printable ASCII without spaces (it is sent as a header)".into());
+    }
+    Ok(Secret::new(value))
 }
 
 /// A parsed `arn:PARTITION:iam::ACCOUNT:role/PATH/NAME`.
@@ -80,7 +107,8 @@ pub struct AwsConfig {
     pub region: Option<String>,
     pub sts_endpoint: Url,
     pub session_duration: u32,
-    pub auth_token_file: PathBuf,
+    /// How applications authenticate to /v1/credentials (or that they cannot: IMDSv2 only).
+    pub auth: AuthSource,
 }
 
 /// Regions botocore's `legacy` STS mode sends to the global endpoint.
@@ -119,7 +147,9 @@ impl AwsConfig {
                 crate::clock::Clock::unix_secs(&crate::clock::SystemClock)
             ),
         };
-        let valid_name = (2..=64).contains(&session_name.len())
+        // Pod names (the manifests' choice) may be longer than STS's 64: keep the first 64.
+        let session_name: String = session_name.chars().take(64).collect();
+        let valid_name = session_name.len() >= 2
             && session_name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b));
@@ -131,12 +161,14 @@ impl AwsConfig {
         }
         let region = env.region(&["AWS_REGION", "AWS_DEFAULT_REGION"])?;
         let sts_endpoint = sts_endpoint(env, region.as_deref())?;
-        let auth_token_file = flags.aws_auth_token_file.clone().ok_or_else(|| {
-            ConfigError::new(
-                "--aws-auth-token-file",
-                "is required when AWS is enabled (the file applications read via AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE; created if missing)",
-            )
-        })?;
+        let auth = match (&flags.aws_auth_token, &flags.aws_auth_token_file) {
+            (Some(value), file) => AuthSource::Value {
+                value: value.clone(),
+                file: file.clone(),
+            },
+            (None, Some(file)) => AuthSource::File(file.clone()),
+            (None, None) => AuthSource::None,
+        };
         Ok(Some(AwsConfig {
             role,
             token_file,
@@ -144,7 +176,7 @@ impl AwsConfig {
             region,
             sts_endpoint,
             session_duration: flags.aws_session_duration,
-            auth_token_file,
+            auth,
         }))
     }
 }
@@ -203,7 +235,7 @@ mod tests {
     fn flags() -> Flags {
         Flags {
             aws_auth_token_file: Some("/run/credbroker/aws-token".into()),
-            aws_session_duration: 3600,
+            ..Flags::default()
         }
     }
 
@@ -315,8 +347,18 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.subject, "AWS_WEB_IDENTITY_TOKEN_FILE");
-        let e = AwsConfig::from_env(&env(&[]), &Flags::default()).unwrap_err();
-        assert_eq!(e.subject, "--aws-auth-token-file");
+        // With only what the IRSA webhook injects, AWS is enabled for IMDSv2 alone.
+        let c = AwsConfig::from_env(&env(&[]), &Flags::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.auth, AuthSource::None);
+    }
+
+    #[test]
+    fn long_pod_names_make_a_valid_session_name() {
+        let name = "a".repeat(63) + "-x-y-z";
+        let c = load(&[("AWS_ROLE_SESSION_NAME", &name)]).unwrap();
+        assert_eq!(c.session_name.len(), 64);
     }
 
     #[test]

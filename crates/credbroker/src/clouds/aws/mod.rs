@@ -1,15 +1,17 @@
 //! AWS: STS `AssumeRoleWithWebIdentity` → container credentials and IMDSv2.
 
+pub mod auth;
 pub mod config;
+pub mod inject;
 pub mod sts;
 pub mod surface;
 pub mod xml;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use auth::{AuthSource, AuthToken};
 pub use config::{AwsConfig, Flags, RoleArn};
 use sts::StsClient;
 use surface::{AwsCredential, ContainerSurface, ImdsSessions, ImdsSurface};
@@ -18,8 +20,7 @@ use super::runtime::seconds_left;
 use super::{AppEnv, Cloud, CloudConfig, Pinned, Runtime, Shared};
 use crate::config::{ConfigError, Env};
 use crate::exchange::{Exchange, ExchangeError, Fresh};
-use crate::fs::{FileMode, Fs};
-use crate::secret::Secret;
+use crate::inject::part::{Account, PodPart, Refusal};
 use crate::timefmt::format_rfc3339;
 
 /// AWS, as the registry declares it.
@@ -37,6 +38,13 @@ impl Cloud for Aws {
 
     fn detect(env: &Env, flags: &Flags) -> Result<Option<AwsConfig>, ConfigError> {
         AwsConfig::from_env(env, flags)
+    }
+
+    const IDENTITY_ANNOTATION: &'static str = inject::ROLE_ARN;
+    type InjectFlags = inject::InjectFlags;
+
+    fn inject(sa: &Account, flags: &inject::InjectFlags) -> Result<Option<PodPart>, Refusal> {
+        inject::part(sa, flags)
     }
 }
 
@@ -60,71 +68,45 @@ impl Exchange<String> for AwsExchange {
     }
 }
 
-/// The shared value for `Authorization`: the file's content, or a new random one written there.
-fn load_or_create_auth_token(
-    fs: &dyn Fs,
-    path: &Path,
-    mode: FileMode,
-) -> Result<Secret, ConfigError> {
-    const SUBJECT: &str = "--aws-auth-token-file";
-    match fs.read(path, 64 * 1024) {
-        Ok(bytes) => {
-            let value = String::from_utf8(bytes).map_err(|_| {
-                ConfigError::new(SUBJECT, format!("{} is not UTF-8 text", path.display()))
-            })?;
-            if value.contains(['\r', '\n']) {
-                return Err(ConfigError::new(
-                    SUBJECT,
-                    format!(
-                        "{} contains a line break; SDKs reject such a token (write it without a newline)",
-                        path.display()
-                    ),
-                ));
-            }
-            if value.trim().is_empty() {
-                return Err(ConfigError::new(
-                    SUBJECT,
-                    format!("{} is empty", path.display()),
-                ));
-            }
-            Ok(Secret::new(value))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let raw: [u8; 32] = rand::random();
-            let value =
-                base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
-            fs.write_atomic(path, value.as_bytes(), mode).map_err(|e| {
-                ConfigError::new(SUBJECT, format!("cannot write {}: {e}", path.display()))
-            })?;
-            Ok(Secret::new(value))
-        }
-        Err(e) => Err(ConfigError::new(
-            SUBJECT,
-            format!("cannot read {}: {}", path.display(), e.kind()),
-        )),
-    }
-}
-
 impl CloudConfig for AwsConfig {
     fn name(&self) -> &'static str {
         Aws::NAME
     }
 
     fn app_env(&self, listen: SocketAddr) -> AppEnv {
-        let mut exports = vec![
-            (
-                "AWS_CONTAINER_CREDENTIALS_FULL_URI".to_string(),
-                format!("http://{listen}/v1/credentials"),
+        let mut exports = Vec::new();
+        let mut notes = Vec::new();
+        match &self.auth {
+            AuthSource::None => notes.push(
+                "the container endpoint (/v1/credentials) is off: start credbroker with --aws-auth-token-file or --aws-auth-token to serve it; SDKs use IMDSv2 meanwhile".to_string(),
             ),
-            (
-                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE".to_string(),
-                self.auth_token_file.display().to_string(),
-            ),
-            (
-                "AWS_EC2_METADATA_SERVICE_ENDPOINT".to_string(),
-                format!("http://{listen}/"),
-            ),
-        ];
+            source => {
+                exports.push((
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI".to_string(),
+                    format!("http://{listen}/v1/credentials"),
+                ));
+                if let Some(file) = source.file() {
+                    exports.push((
+                        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE".to_string(),
+                        file.display().to_string(),
+                    ));
+                }
+                match source {
+                    // Go SDK v1 before 1.50, minio-go and the AWS CLI v2 read only the literal.
+                    AuthSource::Value { value, .. } => exports.push((
+                        "AWS_CONTAINER_AUTHORIZATION_TOKEN".to_string(),
+                        value.expose().to_string(),
+                    )),
+                    _ => notes.push(
+                        "SDKs that read only AWS_CONTAINER_AUTHORIZATION_TOKEN (Go SDK v1 before 1.50, minio-go, the AWS CLI v2, legacy fromContainerMetadata() in JavaScript) need it set to the token file's content, or the sidecar started with --aws-auth-token".into(),
+                    ),
+                }
+            }
+        }
+        exports.push((
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT".to_string(),
+            format!("http://{listen}/"),
+        ));
         if let Some(region) = &self.region {
             exports.push(("AWS_REGION".into(), region.clone()));
             exports.push(("AWS_DEFAULT_REGION".into(), region.clone()));
@@ -141,14 +123,16 @@ impl CloudConfig for AwsConfig {
                 "AWS_SESSION_TOKEN",
                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
             ],
-            notes: vec![
-                "JavaScript code calling the legacy fromContainerMetadata() directly needs AWS_CONTAINER_AUTHORIZATION_TOKEN set to the token file's content.".into(),
-            ],
+            notes,
         }
     }
 
     fn try_it(&self, listen: SocketAddr) -> Vec<String> {
-        let auth = self.auth_token_file.display();
+        let auth = self
+            .auth
+            .file()
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "AUTH_TOKEN_FILE".into());
         vec![
             format!("curl -s -H \"Authorization: $(cat {auth})\" http://{listen}/v1/credentials"),
             format!(
@@ -165,11 +149,11 @@ impl CloudConfig for AwsConfig {
     }
 
     fn start(self: Box<Self>, shared: &Shared) -> Result<Runtime, ConfigError> {
-        let auth =
-            load_or_create_auth_token(shared.env.fs(), &self.auth_token_file, shared.file_mode)?;
+        // The web identity token first: without it nothing works, so its error comes first.
         let token = shared
             .tokens
             .get("AWS_WEB_IDENTITY_TOKEN_FILE", &self.token_file)?;
+        let auth = AuthToken::start(&self.auth, shared.env.fs(), shared.file_mode)?;
         let exchange = AwsExchange {
             sts: StsClient {
                 http: shared.http.clone(),

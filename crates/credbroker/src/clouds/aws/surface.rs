@@ -13,13 +13,14 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
 
+use super::auth::AuthToken;
 use super::config::RoleArn;
 use super::sts::StsCredentials;
 use crate::clock::Clock;
 use crate::http::guard::Refusal;
 use crate::http::server::{Resp, json, respond, text};
 use crate::refresh::{Slot, Unavailable};
-use crate::secret::{Secret, WipedBuf, constant_time_eq};
+use crate::secret::WipedBuf;
 use crate::surface::{BoxFuture, Claim, ErrorShape, Surface, no_credential};
 use crate::timefmt::format_rfc3339;
 
@@ -134,7 +135,8 @@ fn unavailable(why: &Unavailable) -> Resp {
 /// `GET /v1/credentials` with `Authorization: <token>` (AWS_CONTAINER_CREDENTIALS_FULL_URI).
 pub struct ContainerSurface {
     pub(super) slot: Arc<Slot<AwsCredential>>,
-    pub(super) auth: Secret,
+    /// `None`: no shared value is configured, so the endpoint is off.
+    pub(super) auth: Option<Arc<AuthToken>>,
 }
 
 impl ContainerSurface {
@@ -142,10 +144,17 @@ impl ContainerSurface {
         if req.method != Method::GET && req.method != Method::HEAD {
             return error_body(405, "MethodNotAllowed", "use GET");
         }
+        let Some(auth) = &self.auth else {
+            return error_body(
+                404,
+                "NotFound",
+                "the container endpoint is off: start credbroker with --aws-auth-token-file or --aws-auth-token (IMDSv2 serves meanwhile)",
+            );
+        };
         let presented = req.headers.get(http::header::AUTHORIZATION);
         match presented {
             None => return error_body(401, "Unauthorized", "the Authorization header is required"),
-            Some(v) if !constant_time_eq(v.as_bytes(), self.auth.expose().as_bytes()) => {
+            Some(v) if !auth.matches(v.as_bytes()) => {
                 return error_body(
                     403,
                     "AccessDenied",

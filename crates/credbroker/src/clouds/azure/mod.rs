@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod entra;
+pub mod inject;
 pub mod surface;
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use super::runtime::seconds_left;
 use super::{AppEnv, Cloud, CloudConfig, Pinned, Runtime, Shared};
 use crate::config::{ConfigError, Env};
 use crate::exchange::{Exchange, ExchangeError, Fresh};
+use crate::inject::part::{Account, PodPart, Refusal};
 use crate::timefmt::format_rfc3339;
 
 /// Azure, as the registry declares it.
@@ -42,6 +44,13 @@ impl Cloud for Azure {
 
     fn detect(env: &Env, flags: &Flags) -> Result<Option<AzureConfig>, ConfigError> {
         AzureConfig::from_env(env, flags)
+    }
+
+    const IDENTITY_ANNOTATION: &'static str = inject::CLIENT_ID;
+    type InjectFlags = inject::InjectFlags;
+
+    fn inject(sa: &Account, flags: &inject::InjectFlags) -> Result<Option<PodPart>, Refusal> {
+        inject::part(sa, flags)
     }
 }
 

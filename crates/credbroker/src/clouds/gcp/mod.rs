@@ -2,6 +2,7 @@
 //! impersonated) → a GCE-compatible metadata server.
 
 pub mod config;
+pub mod inject;
 pub mod keys;
 pub mod sts;
 pub mod surface;
@@ -20,6 +21,7 @@ use super::{AppEnv, Cloud, CloudConfig, Pinned, Runtime, Shared};
 use crate::clock::Clock;
 use crate::config::{ConfigError, Env};
 use crate::exchange::{Exchange, ExchangeError, Fresh};
+use crate::inject::part::{Account, PodPart, Refusal};
 use crate::refresh::{KeyLimits, Policy};
 use crate::secret::Secret;
 use crate::timefmt::format_rfc3339;
@@ -41,6 +43,13 @@ impl Cloud for Gcp {
 
     fn detect(env: &Env, flags: &Flags) -> Result<Option<GcpConfig>, ConfigError> {
         GcpConfig::from_env(env, flags)
+    }
+
+    const IDENTITY_ANNOTATION: &'static str = inject::SERVICE_ACCOUNT;
+    type InjectFlags = inject::InjectFlags;
+
+    fn inject(sa: &Account, flags: &inject::InjectFlags) -> Result<Option<PodPart>, Refusal> {
+        inject::part(sa, flags)
     }
 }
 

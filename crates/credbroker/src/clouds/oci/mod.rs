@@ -6,6 +6,7 @@
 //! the cache's one pinned slot (keyed by the pod key) is mirrored into those files.
 
 pub mod config;
+pub mod inject;
 pub mod key;
 pub mod proxymux;
 pub mod writer;
@@ -25,6 +26,7 @@ use crate::clock::from_unix;
 use crate::config::{ConfigError, Env};
 use crate::exchange::{Exchange, ExchangeError, Fresh};
 use crate::http::client::{ClientOptions, build_client, load_pem_certs, tls_config};
+use crate::inject::part::{Account, PodPart, Refusal};
 use crate::refresh::{NotReady, Slot};
 use crate::timefmt::format_rfc3339;
 
@@ -45,6 +47,13 @@ impl Cloud for Oci {
 
     fn detect(env: &Env, flags: &Flags) -> Result<Option<OciConfig>, ConfigError> {
         OciConfig::from_env(env, flags)
+    }
+
+    const IDENTITY_ANNOTATION: &'static str = inject::ENABLED;
+    type InjectFlags = inject::InjectFlags;
+
+    fn inject(sa: &Account, flags: &inject::InjectFlags) -> Result<Option<PodPart>, Refusal> {
+        inject::part(sa, flags)
     }
 }
 

@@ -3,6 +3,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use super::*;
 use crate::clock::TokioClock;
+use crate::secret::Secret;
 
 fn role() -> RoleArn {
     RoleArn::parse("arn:aws:iam::123456789012:role/app").unwrap()
