@@ -285,3 +285,58 @@ def aws_broker(fakecloud, tmp_path_factory):
     broker = start_broker(tmp_path_factory.mktemp("broker"), aws_sidecar_env(fakecloud))
     yield broker
     broker.stop()
+
+
+# === the client matrix (test_clients_*.py) ===
+
+CLIENTS_VENV = ROOT / "target" / "clients-venv"
+GAUTH_OLD_VENV = ROOT / "target" / "clients-venv-gauth-old"
+
+
+def require_tool(path, hint: str) -> str:
+    """The client program at `path`, or a failure (never a skip) saying how to install it."""
+    path = Path(path)
+    if not path.is_file() or not os.access(path, os.X_OK):
+        pytest.fail(f"{path} is missing: {hint} (scripts/test installs it)")
+    return str(path)
+
+
+def with_literal_aws_token(env: dict) -> dict:
+    """The app env plus AWS_CONTAINER_AUTHORIZATION_TOKEN = the token file's content, for clients
+    that read only the literal token (AWS CLI v2, aws-sdk-go v1 < 1.50, minio-go).
+    To be replaced by credbroker env output: once `--aws-auth-token VALUE` exists, `credbroker env`
+    prints this variable itself and this helper becomes `return env`."""
+    token = Path(env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"]).read_text()
+    return {**env, "AWS_CONTAINER_AUTHORIZATION_TOKEN": token}
+
+
+def aws_issued_by_key(fake: FakeCloud, access_key_id: str) -> dict | None:
+    """The credentials the fake STS issued with this access key id, or None."""
+    for record in fake.issued("aws"):
+        if record["credentials"]["AccessKeyId"] == access_key_id:
+            return record["credentials"]
+    return None
+
+
+def gcp_issued_tokens(fake: FakeCloud) -> dict:
+    """Access token -> the fake's issue record (generateAccessToken, or STS for direct federation)."""
+    return {r["token"]: r for r in fake.issued("gcp") if r["api"] in ("generateAccessToken", "sts")}
+
+
+def azure_issued_tokens(fake: FakeCloud) -> dict:
+    """Entra access token -> the fake's issue record (with its scope)."""
+    return {r["access_token"]: r for r in fake.issued("azure")}
+
+
+def status_count(broker: Broker, surface: str, status: int) -> int:
+    """credbroker_requests_total for one surface (aws-container, aws-imds, …) and status."""
+    total = 0
+    for line in broker.metrics().splitlines():
+        if line.startswith("credbroker_requests_total{") and f'surface="{surface}"' in line \
+                and f'status="{status}"' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def surface_count(broker: Broker, surface: str) -> int:
+    return status_count(broker, surface, 200)
