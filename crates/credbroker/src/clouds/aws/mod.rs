@@ -116,6 +116,12 @@ impl CloudConfig for AwsConfig {
                 "AWS_EC2_METADATA_SERVICE_ENDPOINT".to_string(),
                 format!("http://{listen}/"),
             ),
+            // object_store (Rust; obstore, polars, delta-rs) reads IMDS only from this name and
+            // appends "/latest/..." as is: no trailing slash (object_store 0.14.2 aws/credential.rs).
+            (
+                "AWS_METADATA_ENDPOINT".to_string(),
+                format!("http://{listen}"),
+            ),
         ];
         if let Some(region) = &self.region {
             exports.push(("AWS_REGION".into(), region.clone()));
