@@ -340,3 +340,17 @@ def status_count(broker: Broker, surface: str, status: int) -> int:
 
 def surface_count(broker: Broker, surface: str) -> int:
     return status_count(broker, surface, 200)
+
+
+def assert_s3_signed_with_issued(fake: FakeCloud, s3) -> str:
+    """Every request the recording S3 saw was SigV4-signed (verified) with one credential the fake
+    STS issued, session token included; returns its access key id."""
+    assert s3.records, "the client sent nothing to S3"
+    keys = {r["access_key"] for r in s3.records}
+    assert len(keys) == 1, s3.records
+    key = keys.pop()
+    issued = aws_issued_by_key(fake, key)
+    assert issued is not None, f"{key} was not issued by the fake STS"
+    assert all(r["signature"] == "valid" for r in s3.records), s3.records
+    assert {r["session_token"] for r in s3.records} == {issued["SessionToken"]}
+    return key

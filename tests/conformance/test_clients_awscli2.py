@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import (app_subprocess_env, aws_issued_by_key, require_tool, status_count,
+from conftest import (assert_s3_signed_with_issued, app_subprocess_env, aws_issued_by_key, require_tool, status_count,
                       surface_count, with_literal_aws_token)
 from recording_fakes import FakeS3
 
@@ -46,22 +46,12 @@ def s3_round_trip(s3: FakeS3, env: dict, home) -> None:
     assert out.stdout == "hello from aws-cli v2\n"
 
 
-def assert_all_signed_with_issued(fakecloud, s3: FakeS3) -> None:
-    assert s3.records, "the CLI sent nothing"
-    keys = {r["access_key"] for r in s3.records}
-    assert len(keys) == 1, s3.records
-    issued = aws_issued_by_key(fakecloud, keys.pop())
-    assert issued is not None
-    assert all(r["signature"] == "valid" for r in s3.records), s3.records
-    assert {r["session_token"] for r in s3.records} == {issued["SessionToken"]}
-
-
 def test_cli_v2_s3_through_the_container_endpoint(fakecloud, aws_broker, tmp_path):
     env = with_literal_aws_token(aws_broker.app_env())
     before = surface_count(aws_broker, "aws-container")
     with FakeS3(lambda akid: aws_issued_by_key(fakecloud, akid)) as s3:
         s3_round_trip(s3, env, tmp_path)
-    assert_all_signed_with_issued(fakecloud, s3)
+    assert_s3_signed_with_issued(fakecloud, s3)
     assert surface_count(aws_broker, "aws-container") > before
 
 
@@ -95,5 +85,5 @@ def test_cli_v2_s3_through_imdsv2(fakecloud, aws_broker, tmp_path):
     before = surface_count(aws_broker, "aws-imds")
     with FakeS3(lambda akid: aws_issued_by_key(fakecloud, akid)) as s3:
         s3_round_trip(s3, imds_only, tmp_path)
-    assert_all_signed_with_issued(fakecloud, s3)
+    assert_s3_signed_with_issued(fakecloud, s3)
     assert surface_count(aws_broker, "aws-imds") > before

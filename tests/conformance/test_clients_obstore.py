@@ -20,7 +20,7 @@ import subprocess
 
 import pytest
 
-from conftest import (AZURE_IDENTITY_HEADER, CLIENTS_VENV, app_subprocess_env, aws_issued_by_key,
+from conftest import (assert_s3_signed_with_issued, AZURE_IDENTITY_HEADER, CLIENTS_VENV, app_subprocess_env, aws_issued_by_key,
                       azure_issued_tokens, azure_sidecar_env, gcp_issued_tokens, gcp_sidecar_env,
                       require_tool, start_broker, surface_count)
 from recording_fakes import FakeAzureBlob, FakeGCS, FakeS3
@@ -53,16 +53,6 @@ def assert_round_trip(proc: subprocess.CompletedProcess) -> None:
 
 def s3_args(s3: FakeS3) -> str:
     return f'"bucket", endpoint={s3.url!r}, client_options={{"allow_http": True}}'
-
-
-def assert_s3_signed_with_issued(fakecloud, s3: FakeS3) -> None:
-    assert s3.records, "obstore sent nothing"
-    keys = {r["access_key"] for r in s3.records}
-    assert len(keys) == 1, s3.records
-    issued = aws_issued_by_key(fakecloud, keys.pop())
-    assert issued is not None
-    assert all(r["signature"] == "valid" for r in s3.records), s3.records
-    assert {r["session_token"] for r in s3.records} == {issued["SessionToken"]}
 
 
 def test_obstore_s3_through_the_container_endpoint(fakecloud, aws_broker, tmp_path):

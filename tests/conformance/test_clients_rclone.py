@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import (app_subprocess_env, aws_issued_by_key, gcp_issued_tokens, gcp_sidecar_env,
+from conftest import (assert_s3_signed_with_issued, app_subprocess_env, aws_issued_by_key, gcp_issued_tokens, gcp_sidecar_env,
                       require_tool, start_broker, status_count, surface_count, with_literal_aws_token)
 from recording_fakes import FakeGCS, FakeS3
 
@@ -44,24 +44,12 @@ def s3_round_trip(s3: FakeS3, env: dict, home) -> None:
     assert out.stdout == "hello from rclone\n"
 
 
-def assert_all_signed_with_issued(fakecloud, s3: FakeS3) -> str:
-    assert s3.records, "rclone sent nothing"
-    keys = {r["access_key"] for r in s3.records}
-    assert len(keys) == 1, s3.records
-    key = keys.pop()
-    issued = aws_issued_by_key(fakecloud, key)
-    assert issued is not None, f"{key} was not issued by the fake STS"
-    assert all(r["signature"] == "valid" for r in s3.records), s3.records
-    assert {r["session_token"] for r in s3.records} == {issued["SessionToken"]}
-    return key
-
-
 def test_rclone_s3_through_the_container_endpoint(fakecloud, aws_broker, tmp_path):
     env = with_literal_aws_token(aws_broker.app_env())
     before_container, before_imds = surface_count(aws_broker, "aws-container"), surface_count(aws_broker, "aws-imds")
     with FakeS3(lambda akid: aws_issued_by_key(fakecloud, akid)) as s3:
         s3_round_trip(s3, env, tmp_path)
-    assert_all_signed_with_issued(fakecloud, s3)
+    assert_s3_signed_with_issued(fakecloud, s3)
     assert surface_count(aws_broker, "aws-container") > before_container
     assert surface_count(aws_broker, "aws-imds") == before_imds
 
@@ -91,7 +79,7 @@ def test_rclone_s3_through_imdsv2(fakecloud, aws_broker, tmp_path):
     before = surface_count(aws_broker, "aws-imds")
     with FakeS3(lambda akid: aws_issued_by_key(fakecloud, akid)) as s3:
         s3_round_trip(s3, imds_only, tmp_path)
-    assert_all_signed_with_issued(fakecloud, s3)
+    assert_s3_signed_with_issued(fakecloud, s3)
     assert surface_count(aws_broker, "aws-imds") > before
 
 
