@@ -205,7 +205,20 @@ class _Handler(BaseHTTPRequestHandler):
         obj = objects.get(key)
         if obj is None:
             return self._xml_error(404, "NoSuchKey", key)
-        return self._send(200, obj.data, obj.content_type, self._object_headers(obj))
+        return self._send_object(obj)
+
+    def _send_object(self, obj: _Object, extra: dict | None = None):
+        """200 with the object, or 206 with the part a `Range: bytes=A-B` header asks for."""
+        headers = {**self._object_headers(obj), "Accept-Ranges": "bytes", **(extra or {})}
+        m = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
+        if not m:
+            return self._send(200, obj.data, obj.content_type, headers)
+        size = len(obj.data)
+        start, end = m.groups()
+        first = int(start) if start else max(size - int(end), 0)
+        last = min(int(end), size - 1) if start and end else size - 1
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        return self._send(206, obj.data[first:last + 1], obj.content_type, headers)
 
 
 # ===================================================================== S3
@@ -394,7 +407,7 @@ class _GcsHandler(_Handler):
         if obj is None:
             return self._not_found(name)
         if get("alt") == "media" or raw_path.startswith("/download/"):
-            return self._send(200, obj.data, obj.content_type, {"X-Goog-Generation": obj.generation, **self._object_headers(obj)})
+            return self._send_object(obj, {"X-Goog-Generation": obj.generation})
         return self._json(200, self._object_json(bucket, name, obj))
 
     do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = do_PATCH = _handle
@@ -451,8 +464,7 @@ class _AzureHandler(_Handler):
         obj = objects.get(blob)
         if obj is None:
             return self._send(404, b'<?xml version="1.0" encoding="utf-8"?><Error><Code>BlobNotFound</Code><Message>no</Message></Error>', headers=common)
-        return self._send(200, obj.data, obj.content_type,
-                          {**common, **self._object_headers(obj), "x-ms-blob-type": "BlockBlob"})
+        return self._send_object(obj, {**common, "x-ms-blob-type": "BlockBlob"})
 
     do_GET = do_PUT = do_HEAD = do_DELETE = _handle
 
