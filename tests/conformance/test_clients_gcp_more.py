@@ -1,0 +1,121 @@
+"""More GCE metadata clients with their own metadata code, each with only an application
+container's environment, must get exactly the access token the fake Google IAM issued:
+
+- Python google-auth 1.6.3 (2019; own venv): reads GCE_METADATA_ROOT (GCE_METADATA_HOST did not
+  exist yet) for data and GCE_METADATA_IP for its ping `GET /` with `Metadata-Flavor: Google`
+  (google/auth/compute_engine/_metadata.py `_METADATA_ROOT`, `_METADATA_IP_ROOT`, `ping`).
+- Java google-auth-library 0.18.0 (Debian 12's libgoogle-auth-java): GCE_METADATA_HOST, probe
+  `GET /` checking the `Metadata-Flavor: Google` response header
+  (ComputeEngineCredentials.getMetadataServerUrl, runningOnComputeEngine).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import (GAUTH_OLD_VENV, app_subprocess_env, gcp_issued_tokens, gcp_sidecar_env,
+                      require_tool, start_broker, surface_count)
+
+DEBIAN_JAVA = "/usr/share/java"
+JAVA_JARS = ["google-auth-library-oauth2-http", "google-auth-library-credentials", "google-http-client",
+             "google-http-client-jackson2", "google-http-client-gson", "guava", "opencensus-api",
+             "opencensus-contrib-http-util", "jackson-core", "gson", "httpclient", "httpcore",
+             "commons-logging", "commons-codec", "auto-value-annotations", "grpc-context"]
+JAVA_HINT = "apt-get install libgoogle-auth-java (Debian 12: 0.18.0-2) and a JDK (java 11+)"
+
+JAVA = """
+import com.google.auth.oauth2.ComputeEngineCredentials;
+import com.google.auth.oauth2.GoogleCredentials;
+
+public class GAuth {
+    public static void main(String[] args) throws Exception {
+        GoogleCredentials creds = GoogleCredentials.getApplicationDefault();
+        creds.refresh();
+        System.out.println("{\\"type\\": \\"" + creds.getClass().getName() + "\\", \\"token\\": \\""
+            + creds.getAccessToken().getTokenValue() + "\\", \\"account\\": \\""
+            + ((ComputeEngineCredentials) creds).getAccount() + "\\"}");
+    }
+}
+"""
+
+OLD_PYTHON = """
+import json
+import google.auth, google.auth.transport.requests as tr
+creds, project = google.auth.default()
+creds.refresh(tr.Request())
+print(json.dumps({"type": type(creds).__module__ + "." + type(creds).__name__, "project": project,
+                  "token": creds.token, "email": creds.service_account_email,
+                  "version": __import__("importlib.metadata").metadata.version("google-auth")}))
+"""
+
+
+@pytest.fixture(scope="module")
+def gcp_broker(fakecloud, tmp_path_factory):
+    broker = start_broker(tmp_path_factory.mktemp("gcp-broker"), gcp_sidecar_env(fakecloud))
+    yield broker
+    broker.stop()
+
+
+def assert_default_token(fakecloud, token: str) -> None:
+    issued = gcp_issued_tokens(fakecloud).get(token)
+    assert issued is not None, "the fake issued no such token"
+    assert issued["service_account"] == fakecloud.desc["gcp"]["service_account"]
+    assert "https://www.googleapis.com/auth/cloud-platform" in issued["scopes"]
+
+
+def test_old_python_google_auth_uses_gce_metadata_root(fakecloud, gcp_broker, tmp_path):
+    python = require_tool(GAUTH_OLD_VENV / "bin" / "python",
+                          "pip install -r tests/conformance/clients/requirements-gauth-old.txt into target/clients-venv-gauth-old")
+    env = gcp_broker.app_env()
+    before = surface_count(gcp_broker, "gcp-metadata")
+    proc = subprocess.run([python, "-c", OLD_PYTHON], env=app_subprocess_env(env, tmp_path),
+                          capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["version"] == "1.6.3"
+    assert got["type"] == "google.auth.compute_engine.credentials.Credentials"
+    assert got["project"] == fakecloud.desc["gcp"]["project_id"]
+    assert got["email"] == fakecloud.desc["gcp"]["service_account"]
+    assert_default_token(fakecloud, got["token"])
+    assert surface_count(gcp_broker, "gcp-metadata") > before
+
+
+def test_old_python_google_auth_needs_gce_metadata_root(fakecloud, gcp_broker, tmp_path):
+    """Without GCE_METADATA_ROOT (only GCE_METADATA_HOST/IP) 1.6.3 pings the broker (GCE_METADATA_IP)
+    but sends its data calls to metadata.google.internal: why `credbroker env` exports all three.
+    Shown by the URLs the module computes at import, so no DNS lookup leaves the machine."""
+    python = require_tool(GAUTH_OLD_VENV / "bin" / "python", "see above")
+    env = {k: v for k, v in gcp_broker.app_env().items() if k != "GCE_METADATA_ROOT"}
+    code = "from google.auth.compute_engine import _metadata as m; print(m._METADATA_ROOT, m._METADATA_IP_ROOT)"
+    proc = subprocess.run([python, "-c", code], env=app_subprocess_env(env, tmp_path),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.stdout.split() == ["http://metadata.google.internal/computeMetadata/v1/",
+                                   f"http://{gcp_broker.creds_addr}"], proc.stdout + proc.stderr
+
+
+def java_classpath() -> str:
+    jars = [Path(DEBIAN_JAVA) / f"{name}.jar" for name in JAVA_JARS]
+    for jar in jars:
+        if not jar.is_file():
+            pytest.fail(f"{jar} is missing: {JAVA_HINT} (scripts/test installs it)")
+    return ":".join(map(str, jars))
+
+
+def test_java_google_auth_0_18_from_debian(fakecloud, gcp_broker, tmp_path):
+    java = require_tool("/usr/bin/java", JAVA_HINT)
+    source = tmp_path / "GAuth.java"
+    source.write_text(JAVA)
+    env = gcp_broker.app_env()
+    before = surface_count(gcp_broker, "gcp-metadata")
+    proc = subprocess.run([java, "-cp", java_classpath(), str(source)], env=app_subprocess_env(env, tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["type"] == "com.google.auth.oauth2.ComputeEngineCredentials"
+    assert got["account"] == fakecloud.desc["gcp"]["service_account"]
+    assert_default_token(fakecloud, got["token"])
+    assert surface_count(gcp_broker, "gcp-metadata") > before
