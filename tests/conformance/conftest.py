@@ -354,3 +354,15 @@ def assert_s3_signed_with_issued(fake: FakeCloud, s3) -> str:
     assert all(r["signature"] == "valid" for r in s3.records), s3.records
     assert {r["session_token"] for r in s3.records} == {issued["SessionToken"]}
     return key
+
+
+def offline_dns(cmd: list[str], home: Path) -> list[str]:
+    """`cmd` in a private mount namespace whose /etc/hosts maps the Google metadata and API names to
+    127.0.0.1 and whose resolver is 127.0.0.1: a client that looks a name up on a path the test does
+    not mean it to take gets a refused connection on loopback, and no DNS query leaves the machine."""
+    hosts, resolv = home / "hosts", home / "resolv.conf"
+    hosts.write_text("127.0.0.1 localhost\n127.0.0.1 metadata.google.internal metadata "
+                     "storage.googleapis.com www.googleapis.com oauth2.googleapis.com\n")
+    resolv.write_text("nameserver 127.0.0.1\n")
+    script = 'mount --bind "$0" /etc/hosts && mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
+    return ["unshare", "-m", "sh", "-c", script, str(hosts), str(resolv), *cmd]

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import email.parser
+import email.policy
 import hashlib
 import hmac
 import json
 import re
+import ssl
 import threading
 import urllib.parse
 from email.utils import formatdate
@@ -22,6 +25,35 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from xml.sax.saxutils import escape
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+
+
+class LoopbackCert:
+    """A self-signed certificate for 127.0.0.1 (IP SAN), for clients that speak only https (gsutil's
+    JSON API); `cert_path` is also the CA file to give them."""
+
+    def __init__(self, directory):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+        import ipaddress
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+        now = dt.datetime.now(dt.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=1))
+                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+                .sign(key, hashes.SHA256()))
+        self.cert_path = str(directory / "loopback-cert.pem")
+        self.key_path = str(directory / "loopback-key.pem")
+        with open(self.cert_path, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(self.key_path, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
 
 
 def _uri_encode(value: str) -> str:
@@ -58,11 +90,17 @@ class _Store(ThreadingHTTPServer):
 class _Fake:
     handler: type
 
-    def __init__(self, buckets=("bucket",)):
+    def __init__(self, buckets=("bucket",), tls: "LoopbackCert | None" = None):
         self.buckets: dict[str, dict[str, _Object]] = {b: {} for b in buckets}
         self.records: list[dict] = []
         self.lock = threading.Lock()
         self.server = _Store(self.handler, self)
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls.cert_path, tls.key_path)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -71,8 +109,12 @@ class _Fake:
         return f"{host}:{port}"
 
     @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
     def url(self) -> str:
-        return f"http://{self.addr}"
+        return f"{self.scheme}://{self.addr}"
 
     def __enter__(self):
         self.thread.start()
@@ -372,15 +414,15 @@ class _GcsHandler(_Handler):
         if name is None:
             if self.command == "POST":  # uploads: media or multipart (google-api-go)
                 data, ctype, meta = body, self.headers.get("Content-Type", ""), {}
-                if get("uploadType") == "multipart":
-                    boundary = re.search(r'boundary="?([^";]+)"?', ctype).group(1).encode()
-                    parts = [p for p in body.split(b"--" + boundary) if p.strip() not in (b"", b"--")]
-                    head_meta, _, meta_body = parts[0].partition(b"\r\n\r\n")
-                    meta = json.loads(meta_body.strip() or b"{}")
-                    head_data, _, data = parts[1].partition(b"\r\n\r\n")
-                    data = data[:-2] if data.endswith(b"\r\n") else data
-                    ctype_m = re.search(rb"(?i)content-type:\s*([^\r\n]+)", head_data)
-                    ctype = ctype_m.group(1).decode() if ctype_m else "application/octet-stream"
+                if get("uploadType") == "multipart":  # multipart/related: JSON metadata, then the data
+                    # apitools quotes the boundary with single quotes and ends lines with \n alone.
+                    ctype = re.sub(r"boundary='([^']*)'", r'boundary="\1"', ctype)
+                    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                        b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + body)
+                    meta_part, data_part = list(message.iter_parts())[:2]
+                    meta = json.loads(meta_part.get_payload(decode=True) or b"{}")
+                    data = data_part.get_payload(decode=True)
+                    ctype = data_part.get_content_type()
                 name = meta.get("name") or get("name")
                 obj = objects[name] = _Object(data, meta.get("contentType") or ctype)
                 return self._json(200, self._object_json(bucket, name, obj))
@@ -420,8 +462,8 @@ class FakeGCS(_Fake):
 
     handler = _GcsHandler
 
-    def __init__(self, token_ok, buckets=("bucket",)):
-        super().__init__(buckets)
+    def __init__(self, token_ok, buckets=("bucket",), tls: LoopbackCert | None = None):
+        super().__init__(buckets, tls)
         self.token_ok = token_ok
 
 
