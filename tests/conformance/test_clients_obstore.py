@@ -126,14 +126,22 @@ def test_obstore_azure_through_the_app_service_endpoint(fakecloud, azure_broker,
     assert surface_count(azure_broker, "azure-app-service") > before
 
 
-def test_obstore_azure_through_imds(fakecloud, azure_broker, tmp_path):
-    """IMDS, named through object_store's own AZURE_MSI_ENDPOINT (it has no
-    AZURE_POD_IDENTITY_AUTHORITY_HOST): the same 2019-08-01 request with `metadata: true`."""
-    env = azure_broker.app_env()
-    imds = {"AZURE_MSI_ENDPOINT": env["AZURE_POD_IDENTITY_AUTHORITY_HOST"].rstrip("/")
-            + "/metadata/identity/oauth2/token"}
-    before = surface_count(azure_broker, "azure-imds")
-    with FakeAzureBlob(lambda token: token in azure_issued_tokens(fakecloud)) as blob:
-        assert_round_trip(run_obstore("AzureStore", azure_args(blob), imds, tmp_path))
-    assert_azure_storage_token(fakecloud, blob)
-    assert surface_count(azure_broker, "azure-imds") > before
+def test_obstore_azure_through_imds(fakecloud, tmp_path):
+    """A broker without --azure-identity-header (no App Service endpoint): object_store has no
+    AZURE_POD_IDENTITY_AUTHORITY_HOST and defaults to http://169.254.169.254, so `credbroker env`
+    must name IMDS for it as AZURE_MSI_ENDPOINT; it sends the same 2019-08-01 request with
+    `metadata: true` there."""
+    sidecar = {k: v for k, v in azure_sidecar_env(fakecloud).items() if k != "CREDBROKER_AZURE_IDENTITY_HEADER"}
+    broker = start_broker(tmp_path / "imds-only", sidecar)
+    try:
+        env = broker.app_env()
+        assert "IDENTITY_ENDPOINT" not in env
+        # Checked before obstore runs: without it obstore would call the real link-local IMDS.
+        assert env.get("AZURE_MSI_ENDPOINT") == f"{broker.url}/metadata/identity/oauth2/token", env
+        before = surface_count(broker, "azure-imds")
+        with FakeAzureBlob(lambda token: token in azure_issued_tokens(fakecloud)) as blob:
+            assert_round_trip(run_obstore("AzureStore", azure_args(blob), env, tmp_path))
+        assert_azure_storage_token(fakecloud, blob)
+        assert surface_count(broker, "azure-imds") > before
+    finally:
+        broker.stop()
