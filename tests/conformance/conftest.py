@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -366,3 +367,16 @@ def offline_dns(cmd: list[str], home: Path) -> list[str]:
     resolv.write_text("nameserver 127.0.0.1\n")
     script = 'mount --bind "$0" /etc/hosts && mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
     return ["unshare", "-m", "sh", "-c", script, str(hosts), str(resolv), *cmd]
+
+
+def connects_in_empty_netns(cmd: list[str], env: dict, home: Path, timeout: float = 120):
+    """Runs `cmd` in a new, empty network namespace (loopback down: every connect fails at once with
+    ENETUNREACH, nothing leaves the machine) under strace; returns (process, the AF_INET connect
+    lines), to show where a client would connect to, e.g. a hard-coded 169.254.169.254."""
+    unshare, strace = shutil.which("unshare"), shutil.which("strace")
+    if not (unshare and strace):
+        pytest.fail("unshare (util-linux) and strace are needed (apt-get install strace; scripts/test installs it)")
+    trace = home / "connect.trace"
+    proc = subprocess.run([unshare, "-rn", strace, "-f", "-qq", "-e", "trace=connect", "-o", str(trace), *cmd],
+                          env=app_subprocess_env(env, home), capture_output=True, text=True, timeout=timeout)
+    return proc, [line for line in trace.read_text().splitlines() if "AF_INET" in line]

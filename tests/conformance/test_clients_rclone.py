@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import (assert_s3_signed_with_issued, app_subprocess_env, aws_issued_by_key, gcp_issued_tokens, gcp_sidecar_env,
+from conftest import (azure_sidecar_env, connects_in_empty_netns, assert_s3_signed_with_issued, app_subprocess_env, aws_issued_by_key, gcp_issued_tokens, gcp_sidecar_env,
                       require_tool, start_broker, status_count, surface_count, with_literal_aws_token)
 from recording_fakes import FakeGCS, FakeS3
 
@@ -110,3 +110,24 @@ def test_rclone_gcs_through_the_metadata_server(fakecloud, gcp_broker, tmp_path)
     # rclone asks google.DefaultClient for storage.DevstorageFullControlScope.
     assert issued["scopes"] == ["https://www.googleapis.com/auth/devstorage.full_control"]
     assert issued["service_account"] == fakecloud.desc["gcp"]["service_account"]
+
+
+def test_rclone_azureblob_msi_is_hard_coded_to_the_link_local_address(fakecloud, tmp_path):
+    """rclone 1.60.1's Azure Blob MSI cannot be pointed at the broker: backend/azureblob/imds.go
+    `GetMSIToken` requests the constant msiEndpointDefault
+    (http://169.254.169.254/metadata/identity/oauth2/token) and reads no variable. Shown in an
+    empty network namespace with the whole `credbroker env` output for Azure."""
+    broker = start_broker(tmp_path / "azure", azure_sidecar_env(fakecloud))
+    try:
+        env = broker.app_env()
+        exe = require_tool(RCLONE, HINT)
+        out, connects = connects_in_empty_netns(
+            [exe, "--config", str(tmp_path / "no.conf"), "--low-level-retries", "1", "--retries", "1",
+             "--azureblob-account", "devaccount", "--azureblob-use-msi",
+             "--azureblob-endpoint", "http://127.0.0.1:9", "lsf", ":azureblob:container"], env, tmp_path)
+        assert out.returncode != 0
+        assert any('inet_addr("169.254.169.254")' in l and "htons(80)" in l for l in connects), connects
+        port = broker.creds_addr.rsplit(":", 1)[1]
+        assert not any(f"htons({port})" in l for l in connects), connects
+    finally:
+        broker.stop()

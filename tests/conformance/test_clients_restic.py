@@ -11,10 +11,9 @@ falls back to anonymous (unsigned) requests when no provider yields a key.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
-from conftest import (app_subprocess_env, assert_s3_signed_with_issued, aws_issued_by_key, require_tool,
+from conftest import (app_subprocess_env, connects_in_empty_netns, assert_s3_signed_with_issued, aws_issued_by_key, require_tool,
                       status_count, surface_count, with_literal_aws_token)
 from recording_fakes import FakeS3
 
@@ -23,9 +22,9 @@ HINT = "apt-get install restic (Debian 12: 0.14.0-1+b5)"
 PASSWORD = {"RESTIC_PASSWORD": "conformance-repository-password"}
 
 
-def restic(args: list[str], env: dict, home, timeout: float = 120, wrap=()) -> subprocess.CompletedProcess:
+def restic(args: list[str], env: dict, home, timeout: float = 120) -> subprocess.CompletedProcess:
     exe = require_tool(RESTIC, HINT)
-    return subprocess.run([*wrap, exe, "--no-cache", *args], env=app_subprocess_env({**env, **PASSWORD}, home),
+    return subprocess.run([exe, "--no-cache", *args], env=app_subprocess_env({**env, **PASSWORD}, home),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -68,17 +67,13 @@ def test_restic_with_only_the_token_file_goes_anonymous(aws_broker, tmp_path):
 
 def test_restic_imds_goes_to_the_link_local_address_only(aws_broker, tmp_path):
     """IMDS cannot be pointed anywhere: with only the IMDS variables restic (minio-go) connects to
-    169.254.169.254:80. Shown in an empty network namespace (nothing leaves the machine; the
-    connect fails with ENETUNREACH) with strace."""
-    unshare, strace = shutil.which("unshare"), shutil.which("strace")
-    assert unshare and strace, "unshare (util-linux) and strace (apt-get install strace) are needed"
+    169.254.169.254:80 (shown in an empty network namespace, where that connect fails at once)."""
     env = aws_broker.app_env()
-    imds_only = {k: env[k] for k in ("AWS_EC2_METADATA_SERVICE_ENDPOINT", "AWS_REGION")}
-    trace = tmp_path / "connect.trace"
-    out = restic(["-r", "s3:http://127.0.0.1:9/bucket/repo", "snapshots"], imds_only, tmp_path,
-                 wrap=(unshare, "-rn", strace, "-f", "-qq", "-e", "trace=connect", "-o", str(trace)))
+    imds_only = {**{k: env[k] for k in ("AWS_EC2_METADATA_SERVICE_ENDPOINT", "AWS_REGION")}, **PASSWORD}
+    exe = require_tool(RESTIC, HINT)
+    out, connects = connects_in_empty_netns([exe, "--no-cache", "-r", "s3:http://127.0.0.1:9/bucket/repo",
+                                             "snapshots"], imds_only, tmp_path)
     assert out.returncode != 0
-    connects = [l for l in trace.read_text().splitlines() if "AF_INET" in l]
     assert any('inet_addr("169.254.169.254")' in l and "htons(80)" in l for l in connects), connects
     port = aws_broker.creds_addr.rsplit(":", 1)[1]
     assert not any(f"htons({port})" in l for l in connects), connects
