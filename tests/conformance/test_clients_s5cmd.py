@@ -73,3 +73,4 @@ def test_s5cmd_through_imdsv2(fakecloud, aws_broker, tmp_path):
         round_trip(s3, imds_only, tmp_path)
     assert_s3_signed_with_issued(fakecloud, s3)
     assert surface_count(aws_broker, "aws-imds") > before
+
