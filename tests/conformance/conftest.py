@@ -220,7 +220,7 @@ def oci_sidecar_env(fake: FakeCloud) -> dict:
 
 
 def start_broker(workdir: Path, sidecar_env: dict, args: list[str] | None = None,
-                 wait_ready: bool = True) -> Broker:
+                 wait_ready: bool = True, listen: str = "127.0.0.1:0") -> Broker:
     workdir.mkdir(parents=True, exist_ok=True)
     addr_file = workdir / "addrs"
     args = list(args or [])
@@ -232,7 +232,7 @@ def start_broker(workdir: Path, sidecar_env: dict, args: list[str] | None = None
     log_path = workdir / "broker.log"
     proc = subprocess.Popen(
         [str(CREDBROKER), "--log-level", os.environ.get("BROKER_LOG_LEVEL", "debug"), "serve",
-         "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--addr-file", str(addr_file), *args],
+         "--listen", listen, "--ops-listen", "127.0.0.1:0", "--addr-file", str(addr_file), *args],
         env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
     )
     broker = Broker(proc=proc, workdir=workdir, sidecar_env=env, args=args, log_path=log_path)
