@@ -282,6 +282,14 @@ def fakecloud(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def gcp_broker(fakecloud, tmp_path_factory):
+    """(test_gcp.py has its own.)"""
+    broker = start_broker(tmp_path_factory.mktemp("gcp-broker"), gcp_sidecar_env(fakecloud))
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="module")
 def aws_broker(fakecloud, tmp_path_factory):
     broker = start_broker(tmp_path_factory.mktemp("broker"), aws_sidecar_env(fakecloud))
     yield broker

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import (assert_s3_signed_with_issued, app_subprocess_env, aws_issued_by_key, require_tool, status_count,
+from conftest import (app_subprocess_env, assert_s3_signed_with_issued, aws_issued_by_key, require_tool, status_count,
                       surface_count, with_literal_aws_token)
 from recording_fakes import FakeS3
 

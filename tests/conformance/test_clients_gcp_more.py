@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (GAUTH_OLD_VENV, app_subprocess_env, gcp_issued_tokens, gcp_sidecar_env,
-                      require_tool, start_broker, surface_count)
+from conftest import (GAUTH_OLD_VENV, app_subprocess_env, gcp_issued_tokens,
+                      require_tool, surface_count)
 
 DEBIAN_JAVA = "/usr/share/java"
 JAVA_JARS = ["google-auth-library-oauth2-http", "google-auth-library-credentials", "google-http-client",
@@ -51,13 +51,6 @@ print(json.dumps({"type": type(creds).__module__ + "." + type(creds).__name__, "
                   "token": creds.token, "email": creds.service_account_email,
                   "version": __import__("importlib.metadata").metadata.version("google-auth")}))
 """
-
-
-@pytest.fixture(scope="module")
-def gcp_broker(fakecloud, tmp_path_factory):
-    broker = start_broker(tmp_path_factory.mktemp("gcp-broker"), gcp_sidecar_env(fakecloud))
-    yield broker
-    broker.stop()
 
 
 def assert_default_token(fakecloud, token: str) -> None:

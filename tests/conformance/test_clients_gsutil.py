@@ -16,18 +16,11 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import (CLIENTS_VENV, app_subprocess_env, gcp_issued_tokens, gcp_sidecar_env, offline_dns,
-                      pytest, require_tool, start_broker, status_count, surface_count)
+from conftest import (CLIENTS_VENV, app_subprocess_env, gcp_issued_tokens, offline_dns,
+                      require_tool, status_count, surface_count)
 from recording_fakes import FakeGCS, LoopbackCert
 
 HINT = "pip install -r tests/conformance/clients/requirements.txt into target/clients-venv"
-
-
-@pytest.fixture(scope="module")
-def gcp_broker(fakecloud, tmp_path_factory):
-    broker = start_broker(tmp_path_factory.mktemp("gcp-broker"), gcp_sidecar_env(fakecloud))
-    yield broker
-    broker.stop()
 
 
 def boto_config(home, gcs: FakeGCS, cert: LoopbackCert) -> str:

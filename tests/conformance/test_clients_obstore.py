@@ -21,7 +21,7 @@ import subprocess
 import pytest
 
 from conftest import (assert_s3_signed_with_issued, AZURE_IDENTITY_HEADER, CLIENTS_VENV, app_subprocess_env, aws_issued_by_key,
-                      azure_issued_tokens, azure_sidecar_env, gcp_issued_tokens, gcp_sidecar_env,
+                      azure_issued_tokens, azure_sidecar_env, gcp_issued_tokens,
                       require_tool, start_broker, surface_count)
 from recording_fakes import FakeAzureBlob, FakeGCS, FakeS3
 
@@ -74,13 +74,6 @@ def test_obstore_s3_through_imdsv2(fakecloud, aws_broker, tmp_path):
         assert_round_trip(run_obstore("S3Store", s3_args(s3), imds_only, tmp_path))
     assert_s3_signed_with_issued(fakecloud, s3)
     assert surface_count(aws_broker, "aws-imds") > before
-
-
-@pytest.fixture(scope="module")
-def gcp_broker(fakecloud, tmp_path_factory):
-    broker = start_broker(tmp_path_factory.mktemp("gcp-broker"), gcp_sidecar_env(fakecloud))
-    yield broker
-    broker.stop()
 
 
 def test_obstore_gcs_through_the_metadata_server(fakecloud, gcp_broker, tmp_path):

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import subprocess
 
-import pytest
-
-from conftest import (azure_sidecar_env, connects_in_empty_netns, assert_s3_signed_with_issued, app_subprocess_env, aws_issued_by_key, gcp_issued_tokens, gcp_sidecar_env,
-                      require_tool, start_broker, status_count, surface_count, with_literal_aws_token)
+from conftest import (app_subprocess_env, assert_s3_signed_with_issued, aws_issued_by_key, azure_sidecar_env,
+                      connects_in_empty_netns, gcp_issued_tokens, require_tool, start_broker, status_count,
+                      surface_count, with_literal_aws_token)
 from recording_fakes import FakeGCS, FakeS3
 
 RCLONE = "/usr/bin/rclone"
@@ -81,13 +80,6 @@ def test_rclone_s3_through_imdsv2(fakecloud, aws_broker, tmp_path):
         s3_round_trip(s3, imds_only, tmp_path)
     assert_s3_signed_with_issued(fakecloud, s3)
     assert surface_count(aws_broker, "aws-imds") > before
-
-
-@pytest.fixture(scope="module")
-def gcp_broker(fakecloud, tmp_path_factory):
-    broker = start_broker(tmp_path_factory.mktemp("gcp-broker"), gcp_sidecar_env(fakecloud))
-    yield broker
-    broker.stop()
 
 
 def test_rclone_gcs_through_the_metadata_server(fakecloud, gcp_broker, tmp_path):
