@@ -31,7 +31,7 @@ class LoopbackCert:
     """A self-signed certificate for 127.0.0.1 (IP SAN), for clients that speak only https (gsutil's
     JSON API); `cert_path` is also the CA file to give them."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, dns_names: tuple[str, ...] = ()):
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -44,7 +44,8 @@ class LoopbackCert:
         cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=1))
-                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                            *map(x509.DNSName, dns_names)]), False)
                 .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
                 .sign(key, hashes.SHA256()))
         self.cert_path = str(directory / "loopback-cert.pem")
@@ -82,19 +83,19 @@ class _Store(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, handler, fake):
-        super().__init__(("127.0.0.1", 0), handler)
+    def __init__(self, handler, fake, port: int = 0):
+        super().__init__(("127.0.0.1", port), handler)
         self.fake = fake
 
 
 class _Fake:
     handler: type
 
-    def __init__(self, buckets=("bucket",), tls: "LoopbackCert | None" = None):
+    def __init__(self, buckets=("bucket",), tls: "LoopbackCert | None" = None, port: int = 0):
         self.buckets: dict[str, dict[str, _Object]] = {b: {} for b in buckets}
         self.records: list[dict] = []
         self.lock = threading.Lock()
-        self.server = _Store(self.handler, self)
+        self.server = _Store(self.handler, self, port)
         self.scheme = "http"
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -365,6 +366,40 @@ class FakeS3(_Fake):
     def token_for(self, akid):
         creds = self.credentials(akid)
         return creds and creds["SessionToken"]
+
+
+class _EcrHandler(_S3Handler):
+    def do_POST(self):
+        raw_path, raw_query, _ = self._split()
+        body = self._body()
+        rec, error = self._auth(raw_path, raw_query, body)
+        rec.update(method=self.command, path=raw_path, query=raw_query,
+                   target=self.headers.get("X-Amz-Target"))
+        self.fake.record(rec)
+        ctype = "application/x-amz-json-1.1"
+        if error:
+            return self._send(403, json.dumps({"__type": error, "message": rec["signature"]}).encode(), ctype)
+        if rec["target"] != "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken":
+            return self._send(400, json.dumps({"__type": "UnknownOperationException"}).encode(), ctype)
+        password = f"ecr-password-{len(self.fake.records)}"
+        self.fake.passwords.append(password)
+        doc = {"authorizationData": [{
+            "authorizationToken": base64.b64encode(f"AWS:{password}".encode()).decode(),
+            "expiresAt": int(dt.datetime.now(dt.timezone.utc).timestamp()) + 43200,
+            "proxyEndpoint": "https://123456789012.dkr.ecr.us-east-1.amazonaws.com"}]}
+        self._send(200, json.dumps(doc).encode(), ctype)
+
+
+class FakeECR(FakeS3):
+    """ECR's GetAuthorizationToken (awsJson1_1), SigV4-verified like FakeS3; each answer carries a
+    fresh password (`passwords`)."""
+
+    handler = _EcrHandler
+
+    def __init__(self, credentials, tls: LoopbackCert, port: int = 443):
+        _Fake.__init__(self, (), tls, port)
+        self.credentials = credentials
+        self.passwords: list[str] = []
 
 
 # ===================================================================== GCS
