@@ -299,7 +299,7 @@ def aws_broker(fakecloud, tmp_path_factory):
 # === the client matrix (test_clients_*.py) ===
 
 CLIENTS_VENV = ROOT / "target" / "clients-venv"
-GAUTH_OLD_VENV = ROOT / "target" / "clients-venv-gauth-old"
+OLD_SDKS_VENV = ROOT / "target" / "clients-venv-old"
 
 
 def require_tool(path, hint: str) -> str:

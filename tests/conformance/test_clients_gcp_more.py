@@ -1,12 +1,7 @@
-"""More GCE metadata clients with their own metadata code, each with only an application
-container's environment, must get exactly the access token the fake Google IAM issued:
-
-- Python google-auth 1.6.3 (2019; own venv): reads GCE_METADATA_ROOT (GCE_METADATA_HOST did not
-  exist yet) for data and GCE_METADATA_IP for its ping `GET /` with `Metadata-Flavor: Google`
-  (google/auth/compute_engine/_metadata.py `_METADATA_ROOT`, `_METADATA_IP_ROOT`, `ping`).
-- Java google-auth-library 0.18.0 (Debian 12's libgoogle-auth-java): GCE_METADATA_HOST, probe
+"""Java google-auth-library 0.18.0 (Debian 12's libgoogle-auth-java): GCE_METADATA_HOST, probe
   `GET /` checking the `Metadata-Flavor: Google` response header
-  (ComputeEngineCredentials.getMetadataServerUrl, runningOnComputeEngine).
+  (ComputeEngineCredentials.getMetadataServerUrl, runningOnComputeEngine), with only an
+application container's environment, must get exactly the access token the fake Google IAM issued.
 """
 
 from __future__ import annotations
@@ -17,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (GAUTH_OLD_VENV, app_subprocess_env, gcp_issued_tokens,
+from conftest import (app_subprocess_env, gcp_issued_tokens,
                       require_tool, surface_count)
 
 DEBIAN_JAVA = "/usr/share/java"
@@ -42,52 +37,11 @@ public class GAuth {
 }
 """
 
-OLD_PYTHON = """
-import json
-import google.auth, google.auth.transport.requests as tr
-creds, project = google.auth.default()
-creds.refresh(tr.Request())
-print(json.dumps({"type": type(creds).__module__ + "." + type(creds).__name__, "project": project,
-                  "token": creds.token, "email": creds.service_account_email,
-                  "version": __import__("importlib.metadata").metadata.version("google-auth")}))
-"""
-
-
 def assert_default_token(fakecloud, token: str) -> None:
     issued = gcp_issued_tokens(fakecloud).get(token)
     assert issued is not None, "the fake issued no such token"
     assert issued["service_account"] == fakecloud.desc["gcp"]["service_account"]
     assert "https://www.googleapis.com/auth/cloud-platform" in issued["scopes"]
-
-
-def test_old_python_google_auth_uses_gce_metadata_root(fakecloud, gcp_broker, tmp_path):
-    python = require_tool(GAUTH_OLD_VENV / "bin" / "python",
-                          "pip install -r tests/conformance/clients/requirements-gauth-old.txt into target/clients-venv-gauth-old")
-    env = gcp_broker.app_env()
-    before = surface_count(gcp_broker, "gcp-metadata")
-    proc = subprocess.run([python, "-c", OLD_PYTHON], env=app_subprocess_env(env, tmp_path),
-                          capture_output=True, text=True, timeout=90)
-    assert proc.returncode == 0, proc.stderr
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got["version"] == "1.6.3"
-    assert got["type"] == "google.auth.compute_engine.credentials.Credentials"
-    assert got["project"] == fakecloud.desc["gcp"]["project_id"]
-    assert got["email"] == fakecloud.desc["gcp"]["service_account"]
-    assert_default_token(fakecloud, got["token"])
-    assert surface_count(gcp_broker, "gcp-metadata") > before
-
-
-def test_old_python_google_auth_needs_gce_metadata_root(fakecloud, gcp_broker, tmp_path):
-    """Without GCE_METADATA_ROOT (only GCE_METADATA_HOST/IP) 1.6.3 pings the broker (GCE_METADATA_IP)
-    but sends its data calls to metadata.google.internal: why `credbroker env` exports all three.
-    Shown by the URLs the module computes at import, so no DNS lookup leaves the machine."""
-    python = require_tool(GAUTH_OLD_VENV / "bin" / "python", "see above")
-    env = {k: v for k, v in gcp_broker.app_env().items() if k != "GCE_METADATA_ROOT"}
-    code = "from google.auth.compute_engine import _metadata as m; print(m._METADATA_ROOT, m._METADATA_IP_ROOT)"
-    proc = subprocess.run([python, "-c", code], env=app_subprocess_env(env, tmp_path),
-                          capture_output=True, text=True, timeout=30)
-    assert proc.stdout.split() == ["http://metadata.google.internal/computeMetadata/v1/",
-                                   f"http://{gcp_broker.creds_addr}"], proc.stdout + proc.stderr
 
 
 def java_classpath() -> str:
