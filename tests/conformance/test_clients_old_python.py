@@ -9,6 +9,12 @@ each with only an application container's environment:
   `ENV_VAR_AUTH_TOKEN`; AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE arrived in botocore 1.32.0) and
   allows only 169.254.170.2, localhost and 127.0.0.1 (botocore/utils.py
   `ContainerMetadataFetcher._ALLOWED_HOSTS`).
+- azure-identity 1.8.0 (2022): IMDS at AZURE_POD_IDENTITY_AUTHORITY_HOST (_credentials/imds.py), but
+  no App Service 2019-08-01 (IDENTITY_ENDPOINT/IDENTITY_HEADER; added in 1.9.0): with IDENTITY_ENDPOINT
+  set and neither IDENTITY_SERVER_THUMBPRINT nor IMDS_ENDPOINT, `ManagedIdentityCredential.__init__`
+  picks no credential at all and `get_token` raises "No managed identity endpoint found"
+  (_credentials/managed_identity.py). So the IDENTITY_* pair `credbroker env` prints when
+  --azure-identity-header is set breaks it; AZURE_POD_IDENTITY_AUTHORITY_HOST alone works.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from __future__ import annotations
 import json
 import subprocess
 
-from conftest import (OLD_SDKS_VENV, app_subprocess_env, assert_s3_signed_with_issued, aws_issued_by_key,
-                      gcp_issued_tokens, require_tool, status_count, surface_count, with_literal_aws_token)
+from conftest import (AZURE_IDENTITY_HEADER, OLD_SDKS_VENV, app_subprocess_env, assert_s3_signed_with_issued,
+                      aws_issued_by_key, azure_issued_tokens, azure_sidecar_env, gcp_issued_tokens, require_tool,
+                      start_broker, status_count, surface_count, with_literal_aws_token)
 from recording_fakes import FakeS3
 
 HINT = "pip install -r tests/conformance/clients/requirements-old-sdks.txt into target/clients-venv-old"
@@ -126,3 +133,35 @@ def test_old_boto3_through_imdsv2(fakecloud, aws_broker, tmp_path):
     got = boto3_round_trip(fakecloud, imds_only, tmp_path)
     assert got["method"] == "iam-role"
     assert surface_count(aws_broker, "aws-imds") > before
+
+
+AZURE = """
+import json
+from azure.identity import ManagedIdentityCredential
+token = ManagedIdentityCredential().get_token("https://storage.azure.com/.default")
+print(json.dumps({"token": token.token, "version": __import__("azure.identity").identity.__version__}))
+"""
+
+
+def test_old_azure_identity_through_imds(fakecloud, tmp_path):
+    broker = start_broker(tmp_path / "azure", azure_sidecar_env(fakecloud))
+    try:
+        env = broker.app_env()
+        assert env["IDENTITY_HEADER"] == AZURE_IDENTITY_HEADER
+        imds_only = {"AZURE_POD_IDENTITY_AUTHORITY_HOST": env["AZURE_POD_IDENTITY_AUTHORITY_HOST"]}
+        before = surface_count(broker, "azure-imds")
+        out = run(AZURE, imds_only, tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        assert got["version"] == "1.8.0"
+        assert azure_issued_tokens(fakecloud)[got["token"]]["scope"] == "https://storage.azure.com/.default"
+        assert surface_count(broker, "azure-imds") > before
+
+        # The whole `credbroker env` of a broker with --azure-identity-header: nothing is asked.
+        before_all = sum(surface_count(broker, s) for s in ("azure-imds", "azure-app-service"))
+        out = run(AZURE, env, tmp_path)
+        assert out.returncode != 0
+        assert "No managed identity endpoint found" in out.stderr, out.stderr[-2000:]
+        assert sum(surface_count(broker, s) for s in ("azure-imds", "azure-app-service")) == before_all
+    finally:
+        broker.stop()
