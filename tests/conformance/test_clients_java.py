@@ -1,7 +1,7 @@
-"""Java google-auth-library 0.18.0 (Debian 12's libgoogle-auth-java): GCE_METADATA_HOST, probe
-  `GET /` checking the `Metadata-Flavor: Google` response header
-  (ComputeEngineCredentials.getMetadataServerUrl, runningOnComputeEngine), with only an
-application container's environment, must get exactly the access token the fake Google IAM issued.
+"""Java google-auth-library 0.18.0 (Debian 12's libgoogle-auth-java), with only an application
+container's environment, must get exactly the access token the fake Google IAM issued. It reads
+GCE_METADATA_HOST and probes `GET /`, checking the `Metadata-Flavor: Google` response header
+(ComputeEngineCredentials.getMetadataServerUrl, runningOnComputeEngine).
 """
 
 from __future__ import annotations
