@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,7 +184,7 @@ AZURE_IDENTITY_HEADER = "fakecloud-identity-header-0123456789abcdef"
 
 
 def start_broker(workdir: Path, sidecar_env: dict, args: list[str] | None = None,
-                 wait_ready: bool = True) -> Broker:
+                 wait_ready: bool = True, listen: str = "127.0.0.1:0") -> Broker:
     workdir.mkdir(parents=True, exist_ok=True)
     addr_file = workdir / "addrs"
     args = list(args or [])
@@ -192,7 +193,7 @@ def start_broker(workdir: Path, sidecar_env: dict, args: list[str] | None = None
     log_path = workdir / "broker.log"
     proc = subprocess.Popen(
         [str(CREDBROKER), "--log-level", os.environ.get("BROKER_LOG_LEVEL", "debug"), "serve",
-         "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--addr-file", str(addr_file), *args],
+         "--listen", listen, "--ops-listen", "127.0.0.1:0", "--addr-file", str(addr_file), *args],
         env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
     )
     broker = Broker(proc=proc, workdir=workdir, sidecar_env=env, args=args, log_path=log_path)
@@ -242,7 +243,123 @@ def fakecloud(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def aws_broker(fakecloud, tmp_path_factory):
-    broker = start_broker(tmp_path_factory.mktemp("broker"), sidecar_env(fakecloud, "aws"))
+def gcp_broker(fakecloud, tmp_path_factory):
+    """(test_gcp.py has its own.)"""
+    broker = start_broker(tmp_path_factory.mktemp("gcp-broker"), sidecar_env(fakecloud, "gcp"))
     yield broker
     broker.stop()
+
+
+# The Authorization value the AWS brokers here are given, as the deploy/ overlays and the
+# injector give the pod's UID to the sidecar (--aws-auth-token) and the application.
+AWS_AUTH_TOKEN = "4c1b7a52-3d0e-4f6a-9b8c-2e7d5a1f0c93"
+
+
+@pytest.fixture(scope="module")
+def aws_broker(fakecloud, tmp_path_factory):
+    """An AWS sidecar configured as the overlays and the injector configure it: the token file and
+    the literal value (`credbroker env` prints both)."""
+    env = {**sidecar_env(fakecloud, "aws"), "CREDBROKER_AWS_AUTH_TOKEN": AWS_AUTH_TOKEN}
+    broker = start_broker(tmp_path_factory.mktemp("broker"), env)
+    yield broker
+    broker.stop()
+
+
+# === the client matrix (test_clients_*.py) ===
+
+CLIENTS_VENV = ROOT / "target" / "clients-venv"
+OLD_SDKS_VENV = ROOT / "target" / "clients-venv-old"
+
+
+def require_tool(path, hint: str) -> str:
+    """The client program at `path`, or a failure (never a skip) saying how to install it."""
+    path = Path(path)
+    if not path.is_file() or not os.access(path, os.X_OK):
+        pytest.fail(f"{path} is missing: {hint} (scripts/test installs it)")
+    return str(path)
+
+
+def with_literal_aws_token(env: dict) -> dict:
+    """The app env as `credbroker env` prints it for a sidecar given --aws-auth-token: with the
+    literal AWS_CONTAINER_AUTHORIZATION_TOKEN that clients reading only it need (AWS CLI v2,
+    aws-sdk-go v1 before 1.47.11, minio-go, botocore before 1.32), equal to the file's content."""
+    assert env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN") == AWS_AUTH_TOKEN, env
+    assert Path(env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"]).read_text() == AWS_AUTH_TOKEN
+    return env
+
+
+def with_only_the_token_file(env: dict) -> dict:
+    """The app env of a pod given only the token file (no --aws-auth-token): what such clients
+    cannot use."""
+    return {k: v for k, v in env.items() if k != "AWS_CONTAINER_AUTHORIZATION_TOKEN"}
+
+
+def aws_issued_by_key(fake: FakeCloud, access_key_id: str) -> dict | None:
+    """The credentials the fake STS issued with this access key id, or None."""
+    for record in fake.issued("aws"):
+        if record["credentials"]["AccessKeyId"] == access_key_id:
+            return record["credentials"]
+    return None
+
+
+def gcp_issued_tokens(fake: FakeCloud) -> dict:
+    """Access token -> the fake's issue record (generateAccessToken, or STS for direct federation)."""
+    return {r["token"]: r for r in fake.issued("gcp") if r["api"] in ("generateAccessToken", "sts")}
+
+
+def azure_issued_tokens(fake: FakeCloud) -> dict:
+    """Entra access token -> the fake's issue record (with its scope)."""
+    return {r["access_token"]: r for r in fake.issued("azure")}
+
+
+def status_count(broker: Broker, surface: str, status: int) -> int:
+    """credbroker_requests_total for one surface (aws-container, aws-imds, …) and status."""
+    total = 0
+    for line in broker.metrics().splitlines():
+        if line.startswith("credbroker_requests_total{") and f'surface="{surface}"' in line \
+                and f'status="{status}"' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def surface_count(broker: Broker, surface: str) -> int:
+    return status_count(broker, surface, 200)
+
+
+def assert_s3_signed_with_issued(fake: FakeCloud, s3) -> str:
+    """Every request the recording S3 saw was SigV4-signed (verified) with one credential the fake
+    STS issued, session token included; returns its access key id."""
+    assert s3.records, "the client sent nothing to S3"
+    keys = {r["access_key"] for r in s3.records}
+    assert len(keys) == 1, s3.records
+    key = keys.pop()
+    issued = aws_issued_by_key(fake, key)
+    assert issued is not None, f"{key} was not issued by the fake STS"
+    assert all(r["signature"] == "valid" for r in s3.records), s3.records
+    assert {r["session_token"] for r in s3.records} == {issued["SessionToken"]}
+    return key
+
+
+def offline_dns(cmd: list[str], home: Path) -> list[str]:
+    """`cmd` in a private mount namespace whose /etc/hosts maps the Google metadata and API names to
+    127.0.0.1 and whose resolver is 127.0.0.1: a client that looks a name up on a path the test does
+    not mean it to take gets a refused connection on loopback, and no DNS query leaves the machine."""
+    hosts, resolv = home / "hosts", home / "resolv.conf"
+    hosts.write_text("127.0.0.1 localhost\n127.0.0.1 metadata.google.internal metadata "
+                     "storage.googleapis.com www.googleapis.com oauth2.googleapis.com\n")
+    resolv.write_text("nameserver 127.0.0.1\n")
+    script = 'mount --bind "$0" /etc/hosts && mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
+    return ["unshare", "-m", "sh", "-c", script, str(hosts), str(resolv), *cmd]
+
+
+def connects_in_empty_netns(cmd: list[str], env: dict, home: Path, timeout: float = 120):
+    """Runs `cmd` in a new, empty network namespace (loopback down: every connect fails at once with
+    ENETUNREACH, nothing leaves the machine) under strace; returns (process, the AF_INET connect
+    lines), to show where a client would connect to, e.g. a hard-coded 169.254.169.254."""
+    unshare, strace = shutil.which("unshare"), shutil.which("strace")
+    if not (unshare and strace):
+        pytest.fail("unshare (util-linux) and strace are needed (apt-get install strace; scripts/test installs it)")
+    trace = home / "connect.trace"
+    proc = subprocess.run([unshare, "-rn", strace, "-f", "-qq", "-e", "trace=connect", "-o", str(trace), *cmd],
+                          env=app_subprocess_env(env, home), capture_output=True, text=True, timeout=timeout)
+    return proc, [line for line in trace.read_text().splitlines() if "AF_INET" in line]

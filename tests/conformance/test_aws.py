@@ -35,7 +35,7 @@ def test_env_output_names_the_surfaces_and_forbids_bypass(aws_broker):
     env = aws_broker.app_env()
     assert env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] == f"{aws_broker.url}/v1/credentials"
     assert Path(env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"]).is_file()
-    assert env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] == f"{aws_broker.url}/"
+    assert env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] == aws_broker.url
     assert env["AWS_REGION"] == "us-east-1"
     assert "AWS_ROLE_ARN" not in env and "AWS_WEB_IDENTITY_TOKEN_FILE" not in env
     out = subprocess.run([str(aws_broker.proc.args[0]), "env", "--listen",

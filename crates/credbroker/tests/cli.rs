@@ -137,7 +137,8 @@ async fn env_prints_the_app_environment_and_the_forbidden_variables() {
         "export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={}\n",
         auth.display()
     )));
-    assert!(out.contains("export AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:9999/\n"));
+    assert!(out.contains("export AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:9999\n"));
+    assert!(out.contains("export AWS_METADATA_ENDPOINT=http://127.0.0.1:9999\n"));
     assert!(out.contains("export AWS_REGION=us-east-1\n"));
     let forbidden = out.lines().find(|l| l.contains("must NOT be set")).unwrap();
     assert!(

@@ -172,9 +172,12 @@ impl FakeOciApi {
         if signs_body(method) {
             required.extend_from_slice(BODY_HEADERS);
         }
+        // OCI accepts x-date in place of date (the TypeScript SDK signs x-date: browsers and
+        // node's fetch cannot set Date).
+        let covers = |h: &str| params.headers.iter().any(|s| s == h);
         if let Some(missing) = required
             .iter()
-            .find(|h| !params.headers.iter().any(|s| s == *h))
+            .find(|h| !(covers(h) || (**h == "date" && covers("x-date"))))
         {
             return Err(format!("the signature does not cover {missing}"));
         }

@@ -92,20 +92,29 @@ impl CloudConfig for AwsConfig {
                     ));
                 }
                 match source {
-                    // Go SDK v1 before 1.50, minio-go and the AWS CLI v2 read only the literal.
+                    // aws-sdk-go v1 before 1.47.11, minio-go, the AWS CLI v2 and botocore
+                    // before 1.32 read only the literal (docs/conformance.md).
                     AuthSource::Value { value, .. } => exports.push((
                         "AWS_CONTAINER_AUTHORIZATION_TOKEN".to_string(),
                         value.expose().to_string(),
                     )),
                     _ => notes.push(
-                        "SDKs that read only AWS_CONTAINER_AUTHORIZATION_TOKEN (Go SDK v1 before 1.50, minio-go, the AWS CLI v2, legacy fromContainerMetadata() in JavaScript) need it set to the token file's content, or the sidecar started with --aws-auth-token".into(),
+                        "SDKs that read only AWS_CONTAINER_AUTHORIZATION_TOKEN (aws-sdk-go v1 before 1.47.11, minio-go, the AWS CLI v2, botocore before 1.32, legacy fromContainerMetadata() in JavaScript) need it set to the token file's content, or the sidecar started with --aws-auth-token".into(),
                     ),
                 }
             }
         }
+        // No trailing slash (the contract): some SDKs append "/latest/..." as it is; the
+        // listener serves "//latest/..." too, for configurations that kept one.
         exports.push((
             "AWS_EC2_METADATA_SERVICE_ENDPOINT".to_string(),
-            format!("http://{listen}/"),
+            format!("http://{listen}"),
+        ));
+        // object_store (Rust; obstore, polars, delta-rs) reads IMDS only from this name and
+        // appends "/latest/..." as is (docs/conformance.md, object_store 0.14.2 aws/credential.rs).
+        exports.push((
+            "AWS_METADATA_ENDPOINT".to_string(),
+            format!("http://{listen}"),
         ));
         if let Some(region) = &self.region {
             exports.push(("AWS_REGION".into(), region.clone()));

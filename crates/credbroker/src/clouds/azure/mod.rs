@@ -99,10 +99,19 @@ impl CloudConfig for AzureConfig {
     }
 
     fn app_env(&self, listen: SocketAddr) -> AppEnv {
-        let mut exports = vec![(
-            "AZURE_POD_IDENTITY_AUTHORITY_HOST".to_string(),
-            format!("http://{listen}"),
-        )];
+        let mut exports = vec![
+            (
+                "AZURE_POD_IDENTITY_AUTHORITY_HOST".to_string(),
+                format!("http://{listen}"),
+            ),
+            // object_store (Rust; obstore, polars, delta-rs) reads neither of the others: its one
+            // managed-identity URL is IDENTITY_ENDPOINT, else this, else 169.254.169.254
+            // (object_store 0.14.2 src/azure/builder.rs from_env, src/azure/credential.rs).
+            (
+                "AZURE_MSI_ENDPOINT".to_string(),
+                format!("http://{listen}/metadata/identity/oauth2/token"),
+            ),
+        ];
         let mut notes = vec![
             "AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE belong to the sidecar only: with them in the application container, DefaultAzureCredential (and Python's ManagedIdentityCredential) use workload identity directly and bypass the sidecar. With the Azure Workload Identity webhook, annotate the pod azure.workload.identity/skip-containers: <app container>.".to_string(),
         ];
