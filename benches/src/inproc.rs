@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::Parser;
 use credbroker::app::{self, Started};
-use credbroker::cli::{Cli, Command, split_settings};
+use credbroker::cli::ServeArgs;
 use credbroker::config::Env;
 use credbroker::http::server::{Handler, Resp};
 use credbroker::surface::Router;
@@ -129,16 +128,11 @@ fn start_broker(
     dir: &tempfile::TempDir,
 ) -> Result<Started, String> {
     let desc = scape.describe();
-    let (env, flags) = split_settings(sidecar_env(&desc, clouds, dir.path()));
-    let mut argv: Vec<String> = ["credbroker", "serve", "--listen", HOST]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    argv.extend(flags);
-    let cli = Cli::try_parse_from(argv).map_err(|e| format!("serve flags: {e}"))?;
-    let Command::Serve(args) = cli.command else {
-        return Err("expected the serve subcommand".into());
-    };
+    let (args, env) = ServeArgs::from_settings(
+        sidecar_env(&desc, clouds, dir.path()),
+        &["--listen".to_string(), HOST.to_string()],
+    )
+    .map_err(|e| format!("serve flags: {e}"))?;
     let env = Env::from_pairs(env);
     let configs = app::configure(&args, &env).map_err(|e| e.to_string())?;
     app::start(&args, &env, configs).map_err(|e| e.to_string())

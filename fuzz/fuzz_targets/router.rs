@@ -6,8 +6,7 @@
 
 use std::sync::OnceLock;
 
-use clap::Parser;
-use credbroker::cli::{Cli, Command, split_settings};
+use credbroker::cli::ServeArgs;
 use credbroker::config::Env;
 use credbroker::surface::Router;
 use libfuzzer_sys::fuzz_target;
@@ -34,14 +33,7 @@ fn world() -> &'static World {
                 .sidecar(&fakecloud::sidecar::CLOUDS, &dir.join("files"))
                 .unwrap();
             scape.shutdown().await;
-            let (env, flags) = split_settings(sidecar);
-            let cli = Cli::try_parse_from(
-                ["credbroker", "serve"].into_iter().map(String::from).chain(flags),
-            )
-            .unwrap();
-            let Command::Serve(args) = cli.command else {
-                unreachable!()
-            };
+            let (args, env) = ServeArgs::from_settings(sidecar, &[]).unwrap();
             let env = Env::from_pairs(env);
             let configs = credbroker::app::configure(&args, &env).unwrap();
             let started = credbroker::app::start(&args, &env, configs).unwrap();

@@ -182,20 +182,41 @@ pub struct DemoArgs {
     pub exit_after: Option<u64>,
 }
 
-/// Splits variables into the clouds' own and credbroker's `CREDBROKER_<FLAG>` settings, the
-/// latter turned into `--flag value` words by the contract's rule (lower case, `_` to `-`), for
-/// configuring a broker in-process (the demo, benchmarks) as the process environment would.
-pub fn split_settings(vars: Vec<(String, String)>) -> (Vec<(String, String)>, Vec<String>) {
-    let mut env = Vec::new();
-    let mut words = Vec::new();
-    for (name, value) in vars {
-        match name.strip_prefix("CREDBROKER_") {
-            Some(flag) => {
-                words.push(format!("--{}", flag.to_ascii_lowercase().replace('_', "-")));
-                words.push(value);
+impl ServeArgs {
+    /// `serve`'s arguments from a pod's sidecar environment, in-process (the demo, the webhook,
+    /// benchmarks): each `CREDBROKER_<FLAG>` variable is read as its flag is (a switch's value as
+    /// true or false), `words` are added as given, and nothing is read from this process's own
+    /// environment. Returns the arguments and the other variables (the clouds' own).
+    pub fn from_settings(
+        vars: Vec<(String, String)>,
+        words: &[String],
+    ) -> Result<(ServeArgs, Vec<(String, String)>), clap::Error> {
+        use clap::{FromArgMatches, builder::ArgAction};
+        let cmd =
+            <ServeArgs as Args>::augment_args(clap::Command::new("serve").no_binary_name(true));
+        let mut argv: Vec<String> = Vec::new();
+        let mut rest = Vec::new();
+        for (name, value) in vars {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_env().is_some_and(|e| e == name.as_str()));
+            match arg {
+                Some(arg) => {
+                    let flag = format!("--{}", arg.get_long().unwrap_or(arg.get_id().as_str()));
+                    if matches!(arg.get_action(), ArgAction::SetTrue) {
+                        if matches!(value.trim(), "true" | "1" | "yes" | "on") {
+                            argv.push(flag);
+                        }
+                    } else {
+                        argv.push(flag);
+                        argv.push(value);
+                    }
+                }
+                None => rest.push((name, value)),
             }
-            None => env.push((name, value)),
         }
+        argv.extend(words.iter().cloned());
+        let matches = cmd.mut_args(|a| a.env(None)).try_get_matches_from(argv)?;
+        Ok((ServeArgs::from_arg_matches(&matches)?, rest))
     }
-    (env, words)
 }

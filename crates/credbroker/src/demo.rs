@@ -4,12 +4,11 @@
 
 use std::time::Duration;
 
-use clap::{Args, FromArgMatches};
 use fakecloud::{Cloudscape, CloudscapeOptions};
 use tokio::sync::watch;
 
 use crate::app::{self, AppError};
-use crate::cli::{DemoArgs, ServeArgs, split_settings};
+use crate::cli::{DemoArgs, ServeArgs};
 use crate::clouds::CLOUDS;
 use crate::config::{ConfigError, Env};
 
@@ -38,8 +37,7 @@ pub(crate) async fn run(
     let sidecar = scape
         .sidecar(&names, &state_dir)
         .map_err(|e| AppError::Runtime(e.to_string()))?;
-    let (env, mut words) = split_settings(sidecar);
-    let env = Env::from_pairs(env);
+    let mut words = Vec::new();
     words.extend([
         "--listen".to_string(),
         args.listen.to_string(),
@@ -54,7 +52,9 @@ pub(crate) async fn run(
     ] {
         words.extend([flag.to_string(), value.to_string()]);
     }
-    let serve_args = parse_serve_args(&words)?;
+    let (serve_args, env) = ServeArgs::from_settings(sidecar, &words)
+        .map_err(|e| AppError::Config(ConfigError::new("demo", e.to_string())))?;
+    let env = Env::from_pairs(env);
 
     let bound = app::bind(serve_args.clone(), &env).await?;
     let (listen, ops) = (bound.creds_addr, bound.ops_addr);
@@ -113,13 +113,6 @@ pub(crate) async fn run(
     result
 }
 
-fn parse_serve_args(words: &[String]) -> Result<ServeArgs, AppError> {
-    let cmd = ServeArgs::augment_args(clap::Command::new("serve").no_binary_name(true));
-    cmd.try_get_matches_from(words)
-        .and_then(|m| ServeArgs::from_arg_matches(&m))
-        .map_err(|e| AppError::Config(ConfigError::new("demo", e.to_string())))
-}
-
 /// `(name, endpoint)` for every emulated upstream in fakecloud's description.
 fn describe_endpoints(desc: &serde_json::Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -148,13 +141,19 @@ mod tests {
 
     #[test]
     fn settings_become_flags_and_the_rest_stays_in_the_environment() {
-        let (env, words) = split_settings(vec![
-            ("AWS_ROLE_ARN".into(), "arn".into()),
-            ("CREDBROKER_AWS_AUTH_TOKEN_FILE".into(), "/f".into()),
-        ]);
+        let (args, env) = ServeArgs::from_settings(
+            vec![
+                ("AWS_ROLE_ARN".into(), "arn".into()),
+                ("CREDBROKER_AWS_AUTH_TOKEN_FILE".into(), "/f".into()),
+                ("CREDBROKER_GROUP_READABLE_FILES".into(), "true".into()),
+            ],
+            &["--listen".into(), "127.0.0.1:9".into()],
+        )
+        .unwrap();
         assert_eq!(env, [("AWS_ROLE_ARN".to_string(), "arn".to_string())]);
-        assert_eq!(words, ["--aws-auth-token-file", "/f"]);
-        let args = parse_serve_args(&words).unwrap();
-        assert_eq!(args.common.listen.to_string(), crate::cli::DEFAULT_LISTEN);
+        assert!(args.common.group_readable_files);
+        assert_eq!(args.common.listen.to_string(), "127.0.0.1:9");
+        let aws: crate::clouds::aws::Flags = args.clouds.of();
+        assert_eq!(aws.aws_auth_token_file.unwrap().to_str(), Some("/f"));
     }
 }

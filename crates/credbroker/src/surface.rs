@@ -293,8 +293,14 @@ mod tests {
     #[tokio::test]
     async fn a_doubled_leading_slash_is_served_as_one() {
         let router = Router::new(vec![Arc::new(Fixed(OK))], Arc::new(Metrics::new())).unwrap();
-        assert_eq!(router.call(parts("GET", "//ok/x?q=1", &[])).await.status(), 200);
-        assert_eq!(router.call(parts("GET", "///teapot", &[])).await.status(), 418);
+        assert_eq!(
+            router.call(parts("GET", "//ok/x?q=1", &[])).await.status(),
+            200
+        );
+        assert_eq!(
+            router.call(parts("GET", "///teapot", &[])).await.status(),
+            418
+        );
         assert_eq!(router.call(parts("GET", "//nope", &[])).await.status(), 404);
         // The guard still sees every header.
         let proxied = parts("GET", "//ok/x", &[("x-forwarded-for", "10.0.0.1")]);

@@ -149,3 +149,6 @@ impl Handler for InjectOps {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use clap::{Args, FromArgMatches};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
@@ -26,7 +25,7 @@ use serde_json::{Value, json};
 
 use super::part::{EnvValue, PodPart, Refusal, SHARED_DIR};
 use crate::app;
-use crate::cli::{DEFAULT_LISTEN, ServeArgs, split_settings};
+use crate::cli::{DEFAULT_LISTEN, ServeArgs};
 use crate::clouds::AppEnv;
 use crate::config::Env;
 use crate::fs::MemFs;
@@ -161,7 +160,12 @@ pub fn patch(pod: &Pod, parts: &Parts, sidecar: &Sidecar) -> Result<Patch, Refus
 /// itself (the downward API) stands in as a sentinel and comes back as that reference.
 fn app_environment(parts: &Parts) -> Result<Vec<AppEnvRefs>, Refusal> {
     let fs = Arc::new(MemFs::new());
-    let mut vars = common_settings();
+    // The logging settings are the binary's global flags, not `serve`'s: they change nothing
+    // the configuration decides.
+    let mut vars: Vec<(String, String)> = common_settings()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("CREDBROKER_LOG_"))
+        .collect();
     // What kubelet sets in every pod (OCI reaches proxymux there); any host validates.
     vars.push((
         "KUBERNETES_SERVICE_HOST".into(),
@@ -184,8 +188,8 @@ fn app_environment(parts: &Parts) -> Result<Vec<AppEnvRefs>, Refusal> {
             fs.insert(file.path(), file.content.clone());
         }
     }
-    let (env, words) = split_settings(vars);
-    let args = parse_serve_args(&words)?;
+    let (args, env) = ServeArgs::from_settings(vars, &[])
+        .map_err(|e| Refusal(format!("the sidecar's settings do not parse: {e}")))?;
     let env = Env::from_pairs(env).with_fs(fs);
     let configs = app::configure(&args, &env).map_err(|e| {
         Refusal(format!(
@@ -196,16 +200,6 @@ fn app_environment(parts: &Parts) -> Result<Vec<AppEnvRefs>, Refusal> {
         .into_iter()
         .map(|e| AppEnvRefs::resolve(e, &sentinels))
         .collect())
-}
-
-/// `serve`'s arguments from these words alone: the webhook's own `CREDBROKER_*` variables
-/// must not leak into the sidecar's configuration, so no argument reads the environment.
-fn parse_serve_args(words: &[String]) -> Result<ServeArgs, Refusal> {
-    let cmd = ServeArgs::augment_args(clap::Command::new("serve").no_binary_name(true))
-        .mut_args(|a| a.env(None));
-    cmd.try_get_matches_from(words)
-        .and_then(|m| ServeArgs::from_arg_matches(&m))
-        .map_err(|e| Refusal(format!("the sidecar's settings do not parse: {e}")))
 }
 
 /// The settings every injected sidecar gets, as `CREDBROKER_<FLAG>` variables.
