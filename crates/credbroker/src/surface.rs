@@ -148,13 +148,6 @@ impl Router {
     }
 
     async fn dispatch(&self, req: &Parts) -> (Option<usize>, &'static str, Resp) {
-        if req.uri.path().starts_with("//") {
-            // An endpoint variable given with a trailing slash ("http://127.0.0.1:8189/") to an
-            // SDK that appends "/latest/..." as it is: served as the single-slash path.
-            if let Some(collapsed) = collapse_leading_slashes(req) {
-                return Box::pin(self.dispatch(&collapsed)).await;
-            }
-        }
         let path = req.uri.path();
         let found = self
             .surfaces
@@ -172,32 +165,6 @@ impl Router {
             None => (None, "none", text(404, "Not Found\n")),
         }
     }
-}
-
-/// `req` with its path's leading slashes collapsed to one (`//latest/x` → `/latest/x`).
-fn collapse_leading_slashes(req: &Parts) -> Option<Parts> {
-    let path = req.uri.path();
-    let trimmed = format!("/{}", path.trim_start_matches('/'));
-    let target = match req.uri.query() {
-        Some(q) => format!("{trimmed}?{q}"),
-        None => trimmed,
-    };
-    let mut uri = http::uri::Builder::new().path_and_query(target);
-    if let Some(scheme) = req.uri.scheme() {
-        uri = uri.scheme(scheme.clone());
-    }
-    if let Some(authority) = req.uri.authority() {
-        uri = uri.authority(authority.clone());
-    }
-    let uri = uri.build().ok()?;
-    let mut builder = http::Request::builder()
-        .method(req.method.clone())
-        .uri(uri)
-        .version(req.version);
-    for (name, value) in &req.headers {
-        builder = builder.header(name, value);
-    }
-    builder.body(()).ok().map(|r| r.into_parts().0)
 }
 
 impl Handler for Router {
@@ -288,23 +255,6 @@ mod tests {
             assert_eq!(resp.status(), 451, "{headers:?}");
         }
         assert_eq!(router.call(parts("GET", "/ok/x", &[])).await.status(), 200);
-    }
-
-    #[tokio::test]
-    async fn a_doubled_leading_slash_is_served_as_one() {
-        let router = Router::new(vec![Arc::new(Fixed(OK))], Arc::new(Metrics::new())).unwrap();
-        assert_eq!(
-            router.call(parts("GET", "//ok/x?q=1", &[])).await.status(),
-            200
-        );
-        assert_eq!(
-            router.call(parts("GET", "///teapot", &[])).await.status(),
-            418
-        );
-        assert_eq!(router.call(parts("GET", "//nope", &[])).await.status(), 404);
-        // The guard still sees every header.
-        let proxied = parts("GET", "//ok/x", &[("x-forwarded-for", "10.0.0.1")]);
-        assert_eq!(router.call(proxied).await.status(), 451);
     }
 
     #[test]

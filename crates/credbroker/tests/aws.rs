@@ -221,6 +221,50 @@ async fn imdsv2_rules_and_shapes() {
 /// kubelet's symlink swap, repeatedly, while the binary runs: each next exchange at STS carries
 /// the new token. Credentials are cut to 12 s by the fake so refreshes come every ~6 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imdsv2_with_a_doubled_slash_and_the_irsa_variables_alone() {
+    // Only what the IRSA webhook injects: no Authorization value, so /v1/credentials is off,
+    // and IMDSv2 serves, also as "//latest/..." (an endpoint variable with a trailing slash).
+    let dir = tempfile::tempdir().unwrap();
+    let scape = cloudscape(dir.path()).await;
+    let env: Vec<(String, String)> = sidecar(&scape, &["aws"])
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("CREDBROKER_"))
+        .collect();
+    let broker = Broker::start(&dir.path().join("b"), &env, &[]).await;
+    broker.wait_ready().await;
+    let a = broker.creds;
+    let r = request(
+        a,
+        "PUT",
+        "//latest/api/token",
+        &[("X-aws-ec2-metadata-token-ttl-seconds", "60")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let session = r.body;
+    let role = fakecloud::aws::DEMO_ROLE_ARN.rsplit('/').next().unwrap();
+    let r = get(
+        a,
+        &format!("//latest/meta-data/iam/security-credentials/{role}"),
+        &[("X-aws-ec2-metadata-token", &session)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["AccessKeyId"],
+        latest_issued(&scape).access_key_id.as_str()
+    );
+    let r = get(
+        a,
+        "/v1/credentials",
+        &[("Authorization", "anything-at-all")],
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("--aws-auth-token"), "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_next_exchange_uses_the_new_token() {
     let dir = tempfile::tempdir().unwrap();
     let scape = cloudscape(dir.path()).await;

@@ -207,7 +207,13 @@ const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-tok
 
 impl ImdsSurface {
     async fn serve(&self, req: &Parts) -> Resp {
+        // "//latest/..." is what SDKs send when the endpoint variable ends in "/" and they
+        // append "/latest/..." as it is (aws-sdk-go v1): the same resource (the contract).
         let path = req.uri.path();
+        let path = path
+            .strip_prefix('/')
+            .filter(|p| p.starts_with("/latest"))
+            .unwrap_or(path);
         if path == "/latest/api/token" {
             return self.put_token(req);
         }
@@ -298,7 +304,7 @@ impl Surface for ImdsSurface {
     }
 
     fn claims(&self) -> &'static [Claim] {
-        &[Claim::Tree("/latest")]
+        &[Claim::Tree("/latest"), Claim::Tree("//latest")]
     }
 
     fn refuse(&self, refusal: Refusal) -> Resp {
