@@ -102,11 +102,14 @@ async fn exchange_costs(samples: usize) -> Result<Vec<ExchangeCost>, String> {
     let sts = StsClient {
         http,
         endpoint: broker.scape.sts.url().parse().map_err(|e| format!("{e}"))?,
-        role_arn: fakecloud::aws::DEMO_ROLE_ARN.into(),
-        session_name: "bench".into(),
-        duration_secs: 3600,
+        signing_region: "us-east-1".into(),
         token,
         clock: Arc::new(SystemClock),
+    };
+    let role = credbroker::clouds::aws::sts::RoleRequest {
+        role_arn: fakecloud::aws::DEMO_ROLE_ARN,
+        session_name: "bench",
+        duration_secs: 3600,
     };
     let mut out = Vec::new();
     let mut key = 0usize;
@@ -117,11 +120,13 @@ async fn exchange_costs(samples: usize) -> Result<Vec<ExchangeCost>, String> {
         broker.scape.entra.faults().set_latency(latency);
 
         // AWS: the exchanger's STS call itself (the role is a pinned key, never cold).
-        let _ = sts.assume_role().await; // opens the pooled connection
+        let _ = sts.assume_role_with_web_identity(role).await; // opens the pooled connection
         let mut aws = Vec::new();
         for _ in 0..samples {
             let t = Instant::now();
-            sts.assume_role().await.map_err(|e| e.to_string())?;
+            sts.assume_role_with_web_identity(role)
+                .await
+                .map_err(|e| e.to_string())?;
             aws.push(ms_since(t));
         }
         out.push(ExchangeCost {

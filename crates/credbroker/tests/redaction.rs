@@ -55,7 +55,7 @@ fn aws_credentials() {
     let creds = sts();
     assert_hidden(&format!("{creds:?}"), &[SECRET_KEY, SESSION]);
     let role = RoleArn::parse("arn:aws:iam::123456789012:role/r").unwrap();
-    let rendered = AwsCredential::render(sts(), &role, SystemTime::now());
+    let rendered = AwsCredential::render(sts(), &role, SystemTime::now(), None);
     // The pre-rendered bodies hold the secrets; Debug must not print them.
     assert!(String::from_utf8_lossy(&rendered.container_body).contains(SECRET_KEY));
     let issued = Issued {

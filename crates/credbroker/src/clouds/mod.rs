@@ -265,6 +265,19 @@ pub struct AppEnv {
     pub exports: Vec<(String, String)>,
     pub forbidden: Vec<&'static str>,
     pub notes: Vec<String>,
+    /// The other identities: for each, how a container selects it — the variables it sets
+    /// instead of the defaults above (empty when it is selected in code), and how.
+    pub identities: Vec<IdentityEnv>,
+}
+
+/// How an application container uses one of a cloud's named identities.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityEnv {
+    pub name: String,
+    /// Variables a container that uses it sets instead of the defaults.
+    pub exports: Vec<(String, String)>,
+    /// How an application selects it when no variable can (a client id, an email in code).
+    pub how: String,
 }
 
 /// A cloud's validated configuration, before anything runs.

@@ -54,6 +54,18 @@ pub struct Cache<K: CacheKey, E: Exchange<K>> {
     inner: Arc<Inner<K, E>>,
 }
 
+/// A handle that does not keep the cache alive (an exchanger that reads other keys of its own
+/// cache, as a chained role reads its base, holds one of these).
+pub struct WeakCache<K: CacheKey, E: Exchange<K>> {
+    inner: Weak<Inner<K, E>>,
+}
+
+impl<K: CacheKey, E: Exchange<K>> WeakCache<K, E> {
+    pub fn upgrade(&self) -> Option<Cache<K, E>> {
+        self.inner.upgrade().map(|inner| Cache { inner })
+    }
+}
+
 impl<K: CacheKey, E: Exchange<K>> Clone for Cache<K, E> {
     fn clone(&self) -> Self {
         Cache {
@@ -167,6 +179,12 @@ impl<K: CacheKey, E: Exchange<K>> Cache<K, E> {
             token_changes: None,
             limits: KeyLimits::default(),
             _key: std::marker::PhantomData,
+        }
+    }
+
+    pub fn downgrade(&self) -> WeakCache<K, E> {
+        WeakCache {
+            inner: Arc::downgrade(&self.inner),
         }
     }
 
@@ -314,8 +332,14 @@ async fn drive<K: CacheKey, E: Exchange<K>>(
             let failing = slot.has_error();
             tokio::select! {
                 _ = sleep_until(next) => break,
-                _ = slot.kick.notified(), if !failing => {
-                    if slot.current().is_none() {
+                _ = slot.kick.notified() => {
+                    if slot.take_refresh() {
+                        // Asked to re-derive (a chained role's base changed): at once, but
+                        // still `min_interval` apart and within `Retry-After`.
+                        sleep_until((started + min_interval).max(not_before)).await;
+                        break;
+                    }
+                    if !failing && slot.current().is_none() {
                         break;
                     }
                 }

@@ -89,6 +89,8 @@ impl std::fmt::Display for Unavailable {
 pub struct Slot<C> {
     state: watch::Sender<SlotState<C>>,
     pub(super) kick: Notify,
+    /// Set by [`Slot::refresh_now`]; the refresh loop takes it.
+    refresh: std::sync::atomic::AtomicBool,
     policy: Arc<Policy>,
     epoch: Instant,
     last_used_ms: AtomicU64,
@@ -105,6 +107,7 @@ impl<C> Slot<C> {
         Slot {
             state,
             kick: Notify::new(),
+            refresh: std::sync::atomic::AtomicBool::new(false),
             policy,
             epoch: Instant::now(),
             last_used_ms: AtomicU64::new(0),
@@ -182,6 +185,17 @@ impl<C> Slot<C> {
 
     pub fn subscribe(&self) -> watch::Receiver<SlotState<C>> {
         self.state.subscribe()
+    }
+
+    /// Asks for a new exchange now, even though the held credential is valid (what it was
+    /// derived from changed).
+    pub fn refresh_now(&self) {
+        self.refresh.store(true, Ordering::SeqCst);
+        self.kick.notify_one();
+    }
+
+    pub(super) fn take_refresh(&self) -> bool {
+        self.refresh.swap(false, Ordering::SeqCst)
     }
 
     pub(super) fn has_error(&self) -> bool {

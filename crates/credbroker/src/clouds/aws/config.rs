@@ -6,6 +6,7 @@ use reqwest::Url;
 
 use super::Aws;
 use super::auth::AuthSource;
+use super::identity::{self, Identity};
 use crate::clouds::Cloud;
 use crate::config::{ConfigError, Env};
 use crate::http::client::endpoint;
@@ -28,6 +29,26 @@ pub struct Flags {
           hide_env_values = true, value_parser = parse_auth_token)]
     pub aws_auth_token: Option<Secret>,
 
+    /// Another role, assumed with the pod's web-identity token: NAME=ROLE_ARN, served at
+    /// /v1/credentials/NAME and listed by IMDSv2 as NAME. Repeatable (the variable: a
+    /// comma-separated list).
+    #[arg(long, env = "CREDBROKER_AWS_ROLE", value_name = "NAME=ROLE_ARN",
+          value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub aws_role: Vec<String>,
+
+    /// A role reached by AssumeRole from identity BASE (`default` or another NAME): cross-account
+    /// role chaining. Served the same way. Repeatable.
+    #[arg(long, env = "CREDBROKER_AWS_CHAINED_ROLE", value_name = "NAME=ROLE_ARN@BASE",
+          value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub aws_chained_role: Vec<String>,
+
+    /// An identity's option: NAME:external-id=V, NAME:source-identity=V, NAME:tag=KEY=VALUE,
+    /// NAME:transitive-tag=KEY (chained roles), NAME:duration=SECS (at most 3600 when chained).
+    /// Repeatable.
+    #[arg(long, env = "CREDBROKER_AWS_ROLE_OPTION", value_name = "NAME:OPTION=VALUE",
+          value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub aws_role_option: Vec<String>,
+
     /// DurationSeconds asked of STS (900–43200; must not exceed the role's maximum).
     #[arg(long, env = "CREDBROKER_AWS_SESSION_DURATION", default_value_t = 3600,
           value_parser = clap::value_parser!(u32).range(900..=43200), value_name = "SECS")]
@@ -39,6 +60,9 @@ impl Default for Flags {
         Flags {
             aws_auth_token_file: None,
             aws_auth_token: None,
+            aws_role: Vec::new(),
+            aws_chained_role: Vec::new(),
+            aws_role_option: Vec::new(),
             aws_session_duration: 3600,
         }
     }
@@ -109,6 +133,8 @@ pub struct AwsConfig {
     pub session_duration: u32,
     /// How applications authenticate to /v1/credentials (or that they cannot: IMDSv2 only).
     pub auth: AuthSource,
+    /// The named identities besides the default role.
+    pub identities: Vec<Identity>,
 }
 
 /// Regions botocore's `legacy` STS mode sends to the global endpoint.
@@ -169,7 +195,14 @@ impl AwsConfig {
             (None, Some(file)) => AuthSource::File(file.clone()),
             (None, None) => AuthSource::None,
         };
+        let identities = identity::parse(
+            &flags.aws_role,
+            &flags.aws_chained_role,
+            &flags.aws_role_option,
+            &role,
+        )?;
         Ok(Some(AwsConfig {
+            identities,
             role,
             token_file,
             session_name,

@@ -2,25 +2,29 @@
 
 pub mod auth;
 pub mod config;
+pub mod identity;
 pub mod inject;
 pub mod sts;
 pub mod surface;
 pub mod xml;
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use auth::{AuthSource, AuthToken};
 pub use config::{AwsConfig, Flags, RoleArn};
-use sts::StsClient;
-use surface::{AwsCredential, ContainerSurface, ImdsSessions, ImdsSurface};
+use identity::{RoleOptions, Via};
+use sts::{RoleRequest, StsApi, StsClient};
+use surface::{AwsCredential, ContainerSurface, Identities, ImdsSessions, ImdsSurface};
 
 use super::runtime::seconds_left;
-use super::{AppEnv, Cloud, CloudConfig, Pinned, Runtime, Shared};
+use super::{AppEnv, Cloud, CloudConfig, IdentityEnv, Pinned, Runtime, Shared};
 use crate::config::{ConfigError, Env};
 use crate::exchange::{Exchange, ExchangeError, Fresh};
 use crate::inject::part::{Account, PodPart, Refusal};
+use crate::refresh::{Cache, Issued, Slot, WeakCache};
 use crate::timefmt::format_rfc3339;
 
 /// AWS, as the registry declares it.
@@ -48,23 +52,111 @@ impl Cloud for Aws {
     }
 }
 
-/// The AWS exchanger: one STS call, rendered for both surfaces.
-struct AwsExchange {
-    sts: StsClient,
+/// How one identity's credentials are obtained.
+struct Plan {
     role: RoleArn,
+    via: Via,
+    options: RoleOptions,
+    duration_secs: u32,
+}
+
+/// How long a chained role's exchange waits for its base's credentials (the base's own first
+/// exchange may be in flight); inside the refresher's 30 s bound on one exchange.
+const BASE_WAIT: Duration = Duration::from_secs(20);
+
+/// The AWS exchanger: one STS call per identity (the default role's key is its ARN, the named
+/// ones' their names), rendered for both surfaces. A chained identity signs `AssumeRole` with
+/// its base's credentials, read from the same cache.
+struct AwsExchange<S: StsApi = StsClient> {
+    sts: S,
+    session_name: String,
+    plans: HashMap<String, Plan>,
+    /// A chained identity's base, by cache key.
+    bases: HashMap<String, String>,
+    cache: OnceLock<WeakCache<String, AwsExchange<S>>>,
     clock: Arc<dyn crate::clock::Clock>,
 }
 
-impl Exchange<String> for AwsExchange {
+impl<S: StsApi> Exchange<String> for AwsExchange<S> {
     type Credential = AwsCredential;
 
-    async fn exchange(&self, _role: &String) -> Result<Fresh<AwsCredential>, ExchangeError> {
-        let creds = self.sts.assume_role().await?;
+    async fn exchange(&self, key: &String) -> Result<Fresh<AwsCredential>, ExchangeError> {
+        let plan = self.plans.get(key).ok_or_else(|| {
+            ExchangeError::permanent("UnknownIdentity", format!("no AWS identity {key:?}"))
+        })?;
+        let request = RoleRequest {
+            role_arn: &plan.role.arn,
+            session_name: &self.session_name,
+            duration_secs: plan.duration_secs,
+        };
+        let (creds, base) = match &plan.via {
+            Via::WebIdentity => (self.sts.web_identity(request).await?, None),
+            Via::Chained { base } => {
+                let base_key = &self.bases[key];
+                let cache = self
+                    .cache
+                    .get()
+                    .and_then(WeakCache::upgrade)
+                    .ok_or_else(|| ExchangeError::transient("ShuttingDown", "the cache is gone"))?;
+                let held = cache.get(base_key, BASE_WAIT).await.map_err(|why| {
+                    ExchangeError::transient(
+                        "BaseUnavailable",
+                        format!("its base identity {base:?} has no credential: {why}"),
+                    )
+                })?;
+                let creds = self
+                    .sts
+                    .chained(&held.value.sts, request, &plan.options)
+                    .await?;
+                (creds, Some(held.value.sts.access_key_id.clone()))
+            }
+        };
         let expires_at = creds.expiration;
         Ok(Fresh {
-            value: AwsCredential::render(creds, &self.role, self.clock.wall()),
+            value: AwsCredential::render(creds, &plan.role, self.clock.wall(), base),
             expires_at,
         })
+    }
+}
+
+/// A redacted one-line description of a held AWS credential.
+fn describe(cred: &Issued<AwsCredential>) -> String {
+    let sts = &cred.value.sts;
+    let key = &sts.access_key_id;
+    let shown = format!(
+        "{}…{}",
+        &key[..4.min(key.len())],
+        &key[key.len().saturating_sub(4)..]
+    );
+    format!(
+        "assumed {} (access key {shown}), expires {} (in {} s)",
+        sts.assumed_role_arn,
+        format_rfc3339(sts.expiration),
+        seconds_left(cred)
+    )
+}
+
+/// Re-derives a chained identity whenever its base's credential changes (a new session from
+/// the base role), so the chain follows its base rather than waiting out its own lifetime.
+async fn follow_base(
+    base: Arc<Slot<AwsCredential>>,
+    chained: std::sync::Weak<Slot<AwsCredential>>,
+) {
+    let mut rx = base.subscribe();
+    while rx.changed().await.is_ok() {
+        let now = rx
+            .borrow_and_update()
+            .cred
+            .as_ref()
+            .map(|c| c.value.sts.access_key_id.clone());
+        let Some(slot) = chained.upgrade() else {
+            return;
+        };
+        let derived_from = slot.current().and_then(|c| c.value.base_key_id.clone());
+        if now.is_some() && derived_from.is_some() && now != derived_from {
+            tracing::info!("aws: a chained identity's base changed; re-deriving it");
+            slot.refresh_now();
+        }
     }
 }
 
@@ -120,8 +212,25 @@ impl CloudConfig for AwsConfig {
             exports.push(("AWS_REGION".into(), region.clone()));
             exports.push(("AWS_DEFAULT_REGION".into(), region.clone()));
         }
+        let identities = self
+            .identities
+            .iter()
+            .filter(|_| !matches!(self.auth, AuthSource::None))
+            .map(|id| IdentityEnv {
+                name: id.name.clone(),
+                exports: vec![(
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI".to_string(),
+                    format!("http://{listen}/v1/credentials/{}", id.name),
+                )],
+                how: format!(
+                    "role {} — a container that uses it sets, instead of the default:",
+                    id.role.arn
+                ),
+            })
+            .collect();
         AppEnv {
             cloud: Aws::NAME,
+            identities,
             exports,
             // Web identity and static keys come before the container provider in every SDK's chain.
             forbidden: vec![
@@ -163,57 +272,133 @@ impl CloudConfig for AwsConfig {
             .tokens
             .get("AWS_WEB_IDENTITY_TOKEN_FILE", &self.token_file)?;
         let auth = AuthToken::start(&self.auth, shared.env.fs(), shared.file_mode)?;
-        let exchange = AwsExchange {
-            sts: StsClient {
-                http: shared.http.clone(),
-                endpoint: self.sts_endpoint.clone(),
-                role_arn: self.role.arn.clone(),
-                session_name: self.session_name.clone(),
-                duration_secs: self.session_duration,
-                token: token.clone(),
-                clock: shared.clock.clone(),
-            },
-            role: self.role.clone(),
+        let sts = StsClient {
+            http: shared.http.clone(),
+            endpoint: self.sts_endpoint.clone(),
+            signing_region: self.region.clone().unwrap_or_else(|| "us-east-1".into()),
+            token: token.clone(),
             clock: shared.clock.clone(),
         };
-        let cache = Aws::cache(shared, exchange, Some(&token)).build();
-        let pinned = Pinned::new(
-            self.role.arn.clone(),
-            &cache,
-            self.role.arn.clone(),
-            |cred| {
-                let sts = &cred.value.sts;
-                let key = &sts.access_key_id;
-                let shown = format!(
-                    "{}…{}",
-                    &key[..4.min(key.len())],
-                    &key[key.len().saturating_sub(4)..]
-                );
-                format!(
-                    "assumed {} (access key {shown}), expires {} (in {} s)",
-                    sts.assumed_role_arn,
-                    format_rfc3339(sts.expiration),
-                    seconds_left(cred)
-                )
-            },
-        );
         tracing::info!(
             role = %self.role.arn,
+            identities = ?self.identities.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
             endpoint = %self.sts_endpoint,
             session_duration_s = self.session_duration,
             "aws enabled"
         );
-        Ok(Runtime::new(Aws::NAME)
+        let sessions = ImdsSessions::new(shared.clock.clone());
+        Ok(self.runtime(
+            sts,
+            |exchange| Aws::cache(shared, exchange, Some(&token)).build(),
+            shared.clock.clone(),
+            auth,
+            sessions,
+        ))
+    }
+}
+
+impl AwsConfig {
+    /// The running identities over `sts`: one cache (`build` gives it its clock, metrics and
+    /// token changes), a pinned slot per identity, the chains following their bases, both
+    /// surfaces.
+    fn runtime<S: StsApi>(
+        &self,
+        sts: S,
+        build: impl FnOnce(AwsExchange<S>) -> Cache<String, AwsExchange<S>>,
+        clock: Arc<dyn crate::clock::Clock>,
+        auth: Option<Arc<AuthToken>>,
+        sessions: ImdsSessions,
+    ) -> Runtime {
+        let default_key = self.role.arn.clone();
+        let key_of = |name: &str| {
+            if name == identity::DEFAULT {
+                default_key.clone()
+            } else {
+                name.to_string()
+            }
+        };
+        let mut plans = HashMap::from([(
+            default_key.clone(),
+            Plan {
+                role: self.role.clone(),
+                via: Via::WebIdentity,
+                options: RoleOptions::default(),
+                duration_secs: self.session_duration,
+            },
+        )]);
+        let mut bases = HashMap::new();
+        for id in &self.identities {
+            if let Via::Chained { base } = &id.via {
+                bases.insert(id.name.clone(), key_of(base));
+            }
+            let cap = match id.via {
+                Via::Chained { .. } => identity::CHAINED_MAX_SECS,
+                Via::WebIdentity => u32::MAX,
+            };
+            plans.insert(
+                id.name.clone(),
+                Plan {
+                    role: id.role.clone(),
+                    via: id.via.clone(),
+                    options: id.options.clone(),
+                    duration_secs: id
+                        .options
+                        .duration
+                        .unwrap_or(self.session_duration)
+                        .min(cap),
+                },
+            );
+        }
+        let exchange = AwsExchange {
+            sts,
+            session_name: self.session_name.clone(),
+            plans,
+            bases: bases.clone(),
+            cache: OnceLock::new(),
+            clock,
+        };
+        let cache = build(exchange);
+        let _ = cache.exchanger().cache.set(cache.downgrade());
+        let default = Pinned::new(default_key.clone(), &cache, default_key.clone(), describe);
+        let mut named = BTreeMap::new();
+        let mut runtime = Runtime::new(Aws::NAME);
+        let mut pins = Vec::new();
+        for id in &self.identities {
+            let pinned = Pinned::new(id.name.clone(), &cache, id.name.clone(), describe);
+            named.insert(id.name.clone(), pinned.slot().clone());
+            pins.push(pinned);
+        }
+        for (name, base_key) in &bases {
+            let base = if *base_key == default_key {
+                default.slot().clone()
+            } else {
+                named[base_key].clone()
+            };
+            let task = tokio::spawn(follow_base(base, Arc::downgrade(&named[name])));
+            runtime = runtime.task(task.abort_handle());
+        }
+        let identities = Arc::new(Identities {
+            default: default.slot().clone(),
+            default_role: self.role.clone(),
+            named,
+        });
+        runtime = runtime
             .surface(Arc::new(ContainerSurface {
-                slot: pinned.slot().clone(),
+                identities: identities.clone(),
                 auth,
             }))
             .surface(Arc::new(ImdsSurface {
-                slot: pinned.slot().clone(),
-                role: self.role.clone(),
+                identities,
                 region: self.region.clone(),
-                sessions: ImdsSessions::new(shared.clock.clone()),
+                sessions,
             }))
-            .hold(pinned))
+            .hold(default);
+        for pinned in pins {
+            runtime = runtime.hold(pinned);
+        }
+        runtime
     }
 }
+
+#[cfg(test)]
+mod tests;

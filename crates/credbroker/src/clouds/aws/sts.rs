@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use reqwest::Url;
 
+use super::identity::RoleOptions;
 use super::xml;
 use crate::exchange::{ExchangeError, Retry};
 use crate::http::client::{MAX_RESPONSE_BYTES, read_capped, retry_after, transport_error};
@@ -38,64 +39,222 @@ impl std::fmt::Debug for StsCredentials {
     }
 }
 
+/// The STS client: the endpoint, the pod's web-identity token, and what signing needs.
 pub struct StsClient {
     pub http: reqwest::Client,
     pub endpoint: Url,
-    pub role_arn: String,
-    pub session_name: String,
-    pub duration_secs: u32,
+    /// The region requests are signed for (`AWS_REGION`; `us-east-1` for the global endpoint).
+    pub signing_region: String,
     pub token: Arc<TokenSource>,
-    /// Reads `Retry-After` dates.
+    /// Reads `Retry-After` dates, and dates signatures.
     pub clock: Arc<dyn crate::clock::Clock>,
 }
 
+/// The two STS calls the AWS identities need: the real client, or a scripted one in tests.
+pub trait StsApi: Send + Sync + 'static {
+    fn web_identity(
+        &self,
+        role: RoleRequest<'_>,
+    ) -> impl std::future::Future<Output = Result<StsCredentials, ExchangeError>> + Send;
+    fn chained(
+        &self,
+        base: &StsCredentials,
+        role: RoleRequest<'_>,
+        options: &RoleOptions,
+    ) -> impl std::future::Future<Output = Result<StsCredentials, ExchangeError>> + Send;
+}
+
+impl StsApi for StsClient {
+    async fn web_identity(&self, role: RoleRequest<'_>) -> Result<StsCredentials, ExchangeError> {
+        self.assume_role_with_web_identity(role).await
+    }
+
+    async fn chained(
+        &self,
+        base: &StsCredentials,
+        role: RoleRequest<'_>,
+        options: &RoleOptions,
+    ) -> Result<StsCredentials, ExchangeError> {
+        self.assume_role(base, role, options).await
+    }
+}
+
+/// What is asked of STS for one role.
+#[derive(Debug, Clone, Copy)]
+pub struct RoleRequest<'a> {
+    pub role_arn: &'a str,
+    pub session_name: &'a str,
+    pub duration_secs: u32,
+}
+
 impl StsClient {
-    pub async fn assume_role(&self) -> Result<StsCredentials, ExchangeError> {
+    /// `AssumeRoleWithWebIdentity` with the token on disk now (an unsigned request).
+    pub async fn assume_role_with_web_identity(
+        &self,
+        role: RoleRequest<'_>,
+    ) -> Result<StsCredentials, ExchangeError> {
         let token = self
             .token
             .read_now()
             .map_err(|e| ExchangeError::transient("TokenFile", e.to_string()))?;
-        let duration = self.duration_secs.to_string();
+        let duration = role.duration_secs.to_string();
         let form = [
             ("Action", "AssumeRoleWithWebIdentity"),
             ("Version", "2011-06-15"),
-            ("RoleArn", self.role_arn.as_str()),
-            ("RoleSessionName", self.session_name.as_str()),
+            ("RoleArn", role.role_arn),
+            ("RoleSessionName", role.session_name),
             ("DurationSeconds", duration.as_str()),
             ("WebIdentityToken", token.secret.expose()),
         ];
+        let body = form_body(&form);
         let resp = self
             .http
             .post(self.endpoint.clone())
             .header("accept", "text/xml")
-            .form(&form)
+            .header("content-type", FORM)
+            .body(body)
             .send()
             .await
             .map_err(|e| transport_error(&e))?;
+        self.answer(resp, WEB_IDENTITY_RESULT).await
+    }
+
+    /// `AssumeRole`, signed (SigV4) with `base`'s credentials: role chaining
+    /// (docs/aws.md, "STS AssumeRole").
+    pub async fn assume_role(
+        &self,
+        base: &StsCredentials,
+        role: RoleRequest<'_>,
+        options: &RoleOptions,
+    ) -> Result<StsCredentials, ExchangeError> {
+        let duration = role.duration_secs.to_string();
+        let mut form: Vec<(String, String)> = vec![
+            ("Action".into(), "AssumeRole".into()),
+            ("Version".into(), "2011-06-15".into()),
+            ("RoleArn".into(), role.role_arn.into()),
+            ("RoleSessionName".into(), role.session_name.into()),
+            ("DurationSeconds".into(), duration),
+        ];
+        if let Some(v) = &options.external_id {
+            form.push(("ExternalId".into(), v.clone()));
+        }
+        if let Some(v) = &options.source_identity {
+            form.push(("SourceIdentity".into(), v.clone()));
+        }
+        for (i, (k, v)) in options.tags.iter().enumerate() {
+            form.push((format!("Tags.member.{}.Key", i + 1), k.clone()));
+            form.push((format!("Tags.member.{}.Value", i + 1), v.clone()));
+        }
+        for (i, k) in options.transitive.iter().enumerate() {
+            form.push((format!("TransitiveTagKeys.member.{}", i + 1), k.clone()));
+        }
+        let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let body = form_body(&pairs);
+        let signed = self.sign(base, &body)?;
+        let mut req = self
+            .http
+            .post(self.endpoint.clone())
+            .header("accept", "text/xml")
+            .header("content-type", FORM)
+            .body(body);
+        for (name, value) in signed {
+            req = req.header(name, value);
+        }
+        let resp = req.send().await.map_err(|e| transport_error(&e))?;
+        self.answer(resp, ASSUME_ROLE_RESULT).await
+    }
+
+    /// The SigV4 headers for a POST of `body` to the endpoint with `base`'s credentials.
+    fn sign(
+        &self,
+        base: &StsCredentials,
+        body: &str,
+    ) -> Result<Vec<(String, String)>, ExchangeError> {
+        use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+        let identity = aws_credential_types::Credentials::new(
+            base.access_key_id.clone(),
+            base.secret_access_key.expose(),
+            Some(base.session_token.expose().to_string()),
+            Some(base.expiration),
+            "credbroker",
+        )
+        .into();
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.signing_region)
+            .name("sts")
+            .time(self.clock.wall())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| ExchangeError::permanent("SigningFailed", e.to_string()))?
+            .into();
+        let host = self.endpoint.host_str().unwrap_or_default();
+        let host = match self.endpoint.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        let headers = [("host", host.as_str()), ("content-type", FORM)];
+        let request = SignableRequest::new(
+            "POST",
+            self.endpoint.as_str(),
+            headers.into_iter(),
+            SignableBody::Bytes(body.as_bytes()),
+        )
+        .map_err(|e| ExchangeError::permanent("SigningFailed", e.to_string()))?;
+        let (instructions, _signature) = sign(request, &params)
+            .map_err(|e| ExchangeError::permanent("SigningFailed", e.to_string()))?
+            .into_parts();
+        Ok(instructions
+            .headers()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    }
+
+    async fn answer(
+        &self,
+        resp: reqwest::Response,
+        result: &str,
+    ) -> Result<StsCredentials, ExchangeError> {
         let status = resp.status().as_u16();
         let after = retry_after(resp.headers(), self.clock.as_ref());
         let body = read_capped(resp, MAX_RESPONSE_BYTES).await?;
         let body = String::from_utf8_lossy(&body);
         if status == 200 {
-            parse_success(&body)
+            parse_result(&body, result)
         } else {
             Err(parse_error(status, &body).with_retry_after(after))
         }
     }
 }
 
-const RESULT: &str = "AssumeRoleWithWebIdentityResponse/AssumeRoleWithWebIdentityResult";
+const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
 
+fn form_body(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+const WEB_IDENTITY_RESULT: &str =
+    "AssumeRoleWithWebIdentityResponse/AssumeRoleWithWebIdentityResult";
+const ASSUME_ROLE_RESULT: &str = "AssumeRoleResponse/AssumeRoleResult";
+
+/// An `AssumeRoleWithWebIdentity` answer.
 pub fn parse_success(body: &str) -> Result<StsCredentials, ExchangeError> {
+    parse_result(body, WEB_IDENTITY_RESULT)
+}
+
+/// The credentials in an answer whose result element is at `result`.
+fn parse_result(body: &str, result: &str) -> Result<StsCredentials, ExchangeError> {
     let malformed = |why: String| {
         ExchangeError::transient("MalformedResponse", format!("STS answered 200 with {why}"))
     };
     let paths = [
-        format!("{RESULT}/Credentials/AccessKeyId"),
-        format!("{RESULT}/Credentials/SecretAccessKey"),
-        format!("{RESULT}/Credentials/SessionToken"),
-        format!("{RESULT}/Credentials/Expiration"),
-        format!("{RESULT}/AssumedRoleUser/Arn"),
+        format!("{result}/Credentials/AccessKeyId"),
+        format!("{result}/Credentials/SecretAccessKey"),
+        format!("{result}/Credentials/SessionToken"),
+        format!("{result}/Credentials/Expiration"),
+        format!("{result}/AssumedRoleUser/Arn"),
     ];
     let wanted: Vec<&str> = paths.iter().map(String::as_str).collect();
     let mut v = xml::extract(body, &wanted).map_err(malformed)?.into_iter();

@@ -2,6 +2,7 @@
 //! docs/aws.md ("Container credentials", "IMDSv2") describes. Bodies are rendered once per
 //! credential, not per request.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -33,6 +34,8 @@ pub struct AwsCredential {
     pub sts: StsCredentials,
     pub container_body: Bytes,
     pub imds_body: Bytes,
+    /// For a chained role: the access key of the base credential it was derived from.
+    pub base_key_id: Option<String>,
 }
 
 impl std::fmt::Debug for AwsCredential {
@@ -72,7 +75,12 @@ fn wiped_json<T: Serialize>(value: &T) -> Bytes {
 }
 
 impl AwsCredential {
-    pub fn render(sts: StsCredentials, role: &RoleArn, last_updated: SystemTime) -> Self {
+    pub fn render(
+        sts: StsCredentials,
+        role: &RoleArn,
+        last_updated: SystemTime,
+        base_key_id: Option<String>,
+    ) -> Self {
         let expiration = format_rfc3339(sts.expiration);
         let container_body = wiped_json(&ContainerBody {
             access_key_id: &sts.access_key_id,
@@ -95,6 +103,7 @@ impl AwsCredential {
             sts,
             container_body,
             imds_body,
+            base_key_id,
         }
     }
 }
@@ -130,11 +139,45 @@ fn unavailable(why: &Unavailable) -> Resp {
     no_credential::<AwsErrors>(why)
 }
 
+/// The identities both surfaces serve: the default role, and the named ones.
+pub struct Identities {
+    pub(super) default: Arc<Slot<AwsCredential>>,
+    pub(super) default_role: RoleArn,
+    pub(super) named: BTreeMap<String, Arc<Slot<AwsCredential>>>,
+}
+
+impl Identities {
+    /// The slot for a named identity.
+    fn named(&self, name: &str) -> Option<&Arc<Slot<AwsCredential>>> {
+        self.named.get(name)
+    }
+
+    /// IMDS names a role by its name: the default role's, or an identity's.
+    fn by_imds_name(&self, name: &str) -> Option<&Arc<Slot<AwsCredential>>> {
+        if name == self.default_role.name {
+            Some(&self.default)
+        } else {
+            self.named(name)
+        }
+    }
+
+    /// IMDS's role listing: one name per line.
+    fn imds_listing(&self) -> String {
+        let mut out = self.default_role.name.clone();
+        for name in self.named.keys() {
+            out.push('\n');
+            out.push_str(name);
+        }
+        out
+    }
+}
+
 // === impl ContainerSurface ===
 
-/// `GET /v1/credentials` with `Authorization: <token>` (AWS_CONTAINER_CREDENTIALS_FULL_URI).
+/// `GET /v1/credentials` (the default role) and `/v1/credentials/NAME` (a named identity) with
+/// `Authorization: <token>` (AWS_CONTAINER_CREDENTIALS_FULL_URI).
 pub struct ContainerSurface {
-    pub(super) slot: Arc<Slot<AwsCredential>>,
+    pub(super) identities: Arc<Identities>,
     /// `None`: no shared value is configured, so the endpoint is off.
     pub(super) auth: Option<Arc<AuthToken>>,
 }
@@ -163,7 +206,26 @@ impl ContainerSurface {
             }
             Some(_) => {}
         }
-        match self.slot.get(WAIT).await {
+        let slot = match req.uri.path() {
+            "/v1/credentials" | "/v1/credentials/" => &self.identities.default,
+            path => {
+                let name = path
+                    .strip_prefix("/v1/credentials/")
+                    .unwrap_or_default()
+                    .trim_end_matches('/');
+                match self.identities.named(name) {
+                    Some(slot) => slot,
+                    None => {
+                        return error_body(
+                            404,
+                            "NotFound",
+                            "no credentials are configured at this path (identities are /v1/credentials and /v1/credentials/NAME)",
+                        );
+                    }
+                }
+            }
+        };
+        match slot.get(WAIT).await {
             Ok(cred) => respond(200, "application/json", cred.value.container_body.clone()),
             Err(u) => unavailable(&u),
         }
@@ -176,10 +238,7 @@ impl Surface for ContainerSurface {
     }
 
     fn claims(&self) -> &'static [Claim] {
-        &[
-            Claim::Exact("/v1/credentials"),
-            Claim::Exact("/v1/credentials/"),
-        ]
+        &[Claim::Tree("/v1/credentials")]
     }
 
     fn refuse(&self, refusal: Refusal) -> Resp {
@@ -195,8 +254,7 @@ impl Surface for ContainerSurface {
 
 /// IMDSv2: `PUT /latest/api/token`, then `GET /latest/meta-data/...` with the session token.
 pub struct ImdsSurface {
-    pub(super) slot: Arc<Slot<AwsCredential>>,
-    pub(super) role: RoleArn,
+    pub(super) identities: Arc<Identities>,
     pub(super) region: Option<String>,
     pub(super) sessions: ImdsSessions,
 }
@@ -230,22 +288,26 @@ impl ImdsSurface {
         const CREDS: &str = "/latest/meta-data/iam/security-credentials";
         match path {
             "/latest/meta-data/iam/security-credentials"
-            | "/latest/meta-data/iam/security-credentials/" => text(200, self.role.name.clone()),
+            | "/latest/meta-data/iam/security-credentials/" => {
+                text(200, self.identities.imds_listing())
+            }
             "/latest/meta-data/iam/info" => self.info().await,
             "/latest/meta-data/placement/region" => match &self.region {
                 Some(r) => text(200, r.clone()),
                 None => text(404, "Not Found\n"),
             },
             "/latest/dynamic/instance-identity/document" => self.identity_document(),
-            p => match p.strip_prefix(CREDS).and_then(|r| r.strip_prefix('/')) {
-                Some(name) if name.trim_end_matches('/') == self.role.name => {
-                    match self.slot.get(WAIT).await {
-                        // Real IMDS serves this JSON as text/plain.
-                        Ok(cred) => respond(200, "text/plain", cred.value.imds_body.clone()),
-                        Err(u) => unavailable(&u),
-                    }
-                }
-                _ => text(404, "Not Found\n"),
+            p => match p
+                .strip_prefix(CREDS)
+                .and_then(|r| r.strip_prefix('/'))
+                .and_then(|name| self.identities.by_imds_name(name.trim_end_matches('/')))
+            {
+                Some(slot) => match slot.get(WAIT).await {
+                    // Real IMDS serves this JSON as text/plain.
+                    Ok(cred) => respond(200, "text/plain", cred.value.imds_body.clone()),
+                    Err(u) => unavailable(&u),
+                },
+                None => text(404, "Not Found\n"),
             },
         }
     }
@@ -273,16 +335,17 @@ impl ImdsSurface {
     }
 
     async fn info(&self) -> Resp {
-        let updated = match self.slot.get(WAIT).await {
+        let updated = match self.identities.default.get(WAIT).await {
             Ok(cred) => {
                 format_rfc3339(cred.expires_wall - cred.expires_at.duration_since(cred.issued_at))
             }
             Err(u) => return unavailable(&u),
         };
+        let role = &self.identities.default_role;
         let body = serde_json::json!({
             "Code": "Success",
             "LastUpdated": updated,
-            "InstanceProfileArn": format!("arn:{}:iam::{}:instance-profile/{}", self.role.partition, self.role.account, self.role.name),
+            "InstanceProfileArn": format!("arn:{}:iam::{}:instance-profile/{}", role.partition, role.account, role.name),
             "InstanceProfileId": "AIPACREDBROKER000000",
         });
         respond(200, "text/plain", body.to_string())
@@ -290,7 +353,7 @@ impl ImdsSurface {
 
     fn identity_document(&self) -> Resp {
         let body = serde_json::json!({
-            "accountId": self.role.account,
+            "accountId": self.identities.default_role.account,
             "region": self.region,
             "instanceId": "i-credbroker",
         });

@@ -45,6 +45,13 @@ pub struct Flags {
     /// msi_res_id/mi_res_id are served. Without it such requests get 400.
     #[arg(long, env = "CREDBROKER_AZURE_MSI_RES_ID", value_name = "ARM_ID")]
     pub azure_msi_res_id: Option<String>,
+
+    /// Another managed identity federated with the same token (its own federated identity
+    /// credential for this ServiceAccount): CLIENT_ID[:object-id=OID][:msi-res-id=ARM_ID].
+    /// Requests select it by client_id, object_id or msi_res_id. Repeatable.
+    #[arg(long, env = "CREDBROKER_AZURE_IDENTITY", value_name = "CLIENT_ID[:object-id=OID][:msi-res-id=ID]",
+          value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub azure_identity: Vec<String>,
 }
 
 impl Default for Flags {
@@ -54,9 +61,13 @@ impl Default for Flags {
             azure_resources: vec![DEFAULT_RESOURCE.to_string()],
             azure_object_id: None,
             azure_msi_res_id: None,
+            azure_identity: Vec::new(),
         }
     }
 }
+
+/// At most this many managed identities besides the default (each a token per resource).
+pub const MAX_IDENTITIES: usize = 16;
 
 fn parse_identity_header(value: &str) -> Result<Secret, String> {
     if value.len() < MIN_IDENTITY_HEADER_LEN {
@@ -82,6 +93,8 @@ pub struct Identity {
 #[derive(Debug, Clone)]
 pub struct AzureConfig {
     pub identity: Identity,
+    /// The other managed identities, federated with the same token.
+    pub others: Vec<Identity>,
     pub token_file: PathBuf,
     /// Normalised authority host, always ending in `/`.
     pub authority: Url,
@@ -118,17 +131,32 @@ impl AzureConfig {
             .as_deref()
             .map(|v| guid("--azure-object-id", v))
             .transpose()?;
-        let msi_res_id = match flags.azure_msi_res_id.as_deref().map(str::trim) {
-            Some(id) if !id.to_ascii_lowercase().starts_with("/subscriptions/") => {
+        let msi_res_id = flags
+            .azure_msi_res_id
+            .as_deref()
+            .map(|id| arm_id("--azure-msi-res-id", id))
+            .transpose()?;
+        let mut others: Vec<Identity> = Vec::new();
+        for spec in &flags.azure_identity {
+            let other = other_identity(spec, &tenant_id)?;
+            let clash = |i: &Identity| i.client_id == other.client_id;
+            if clash(&others_or_default(&client_id)) || others.iter().any(clash) {
                 return Err(ConfigError::new(
-                    "--azure-msi-res-id",
-                    format!(
-                        "{id:?} is not an ARM resource id (/subscriptions/.../userAssignedIdentities/NAME)"
-                    ),
+                    "--azure-identity",
+                    format!("client id {} is given twice", other.client_id),
                 ));
             }
-            other => other.map(str::to_string),
-        };
+            others.push(other);
+        }
+        if others.len() > MAX_IDENTITIES {
+            return Err(ConfigError::new(
+                "--azure-identity",
+                format!(
+                    "{} identities; at most {MAX_IDENTITIES} per pod",
+                    others.len()
+                ),
+            ));
+        }
         let mut resources: Vec<String> = Vec::new();
         for r in &flags.azure_resources {
             let r = r.trim();
@@ -146,6 +174,7 @@ impl AzureConfig {
             }
         }
         Ok(Some(AzureConfig {
+            others,
             identity: Identity {
                 client_id,
                 tenant_id,
@@ -158,6 +187,57 @@ impl AzureConfig {
             identity_header: flags.azure_identity_header.clone(),
             resources,
         }))
+    }
+}
+
+/// A stand-in with only the client id, to compare against.
+fn others_or_default(client_id: &str) -> Identity {
+    Identity {
+        client_id: client_id.to_string(),
+        tenant_id: String::new(),
+        object_id: None,
+        msi_res_id: None,
+    }
+}
+
+/// `CLIENT_ID[:object-id=OID][:msi-res-id=ARM_ID]`.
+fn other_identity(spec: &str, tenant_id: &str) -> Result<Identity, ConfigError> {
+    const FLAG: &str = "--azure-identity";
+    let mut parts = spec.split(':');
+    let client_id = guid(FLAG, parts.next().unwrap_or_default())?;
+    let (mut object_id, mut msi_res_id) = (None, None);
+    for part in parts {
+        match part.split_once('=') {
+            Some(("object-id", v)) => object_id = Some(guid(FLAG, v)?),
+            Some(("msi-res-id", v)) => msi_res_id = Some(arm_id(FLAG, v)?),
+            _ => {
+                return Err(ConfigError::new(
+                    FLAG,
+                    format!("{spec:?}: {part:?} is neither object-id=GUID nor msi-res-id=ARM_ID"),
+                ));
+            }
+        }
+    }
+    Ok(Identity {
+        client_id,
+        tenant_id: tenant_id.to_string(),
+        object_id,
+        msi_res_id,
+    })
+}
+
+/// A user-assigned identity's ARM resource id.
+fn arm_id(subject: &str, id: &str) -> Result<String, ConfigError> {
+    let id = id.trim();
+    if id.to_ascii_lowercase().starts_with("/subscriptions/") && !id.contains(',') {
+        Ok(id.to_string())
+    } else {
+        Err(ConfigError::new(
+            subject,
+            format!(
+                "{id:?} is not an ARM resource id (/subscriptions/.../userAssignedIdentities/NAME)"
+            ),
+        ))
     }
 }
 

@@ -10,6 +10,7 @@ pub mod entra;
 pub mod inject;
 pub mod surface;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -20,7 +21,7 @@ pub use surface::AzureToken;
 use surface::{AppServiceSurface, ImdsSurface, Tokens};
 
 use super::runtime::seconds_left;
-use super::{AppEnv, Cloud, CloudConfig, Pinned, Runtime, Shared};
+use super::{AppEnv, Cloud, CloudConfig, IdentityEnv, Pinned, Runtime, Shared};
 use crate::config::{ConfigError, Env};
 use crate::exchange::{Exchange, ExchangeError, Fresh};
 use crate::inject::part::{Account, PodPart, Refusal};
@@ -54,9 +55,29 @@ impl Cloud for Azure {
     }
 }
 
-/// The Azure exchanger: one Entra request per scope.
+/// A token's cache key: which managed identity, for which scope. The default identity's keys
+/// read as the bare scope in `/readyz` and metrics, as they did with one identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AzureKey {
+    pub client_id: Arc<str>,
+    pub scope: String,
+    pub default: bool,
+}
+
+impl std::fmt::Display for AzureKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.default {
+            f.write_str(&self.scope)
+        } else {
+            write!(f, "{} {}", self.client_id, self.scope)
+        }
+    }
+}
+
+/// The Azure exchanger: one Entra request per (identity, scope), each identity its own
+/// client id asserting the same federated token.
 pub struct AzureExchange {
-    pub entra: EntraClient,
+    clients: HashMap<Arc<str>, EntraClient>,
 }
 
 fn unix(t: std::time::SystemTime) -> u64 {
@@ -65,11 +86,14 @@ fn unix(t: std::time::SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-impl Exchange<String> for AzureExchange {
+impl Exchange<AzureKey> for AzureExchange {
     type Credential = AzureToken;
 
-    async fn exchange(&self, scope: &String) -> Result<Fresh<AzureToken>, ExchangeError> {
-        let t = self.entra.token(scope).await?;
+    async fn exchange(&self, key: &AzureKey) -> Result<Fresh<AzureToken>, ExchangeError> {
+        let entra = self.clients.get(&key.client_id).ok_or_else(|| {
+            ExchangeError::permanent("UnknownIdentity", format!("no identity {}", key.client_id))
+        })?;
+        let t = entra.token(&key.scope).await?;
         Ok(Fresh {
             expires_at: t.expires_on,
             value: AzureToken::new(t.access_token, unix(t.expires_on), unix(t.not_before)),
@@ -127,8 +151,27 @@ impl CloudConfig for AzureConfig {
                 "Go SDKs ignore AZURE_POD_IDENTITY_AUTHORITY_HOST; start credbroker with --azure-identity-header to enable IDENTITY_ENDPOINT/IDENTITY_HEADER (the App Service endpoint) for them.".to_string(),
             ),
         }
+        let identities = self
+            .others
+            .iter()
+            .map(|id| {
+                let mut by = vec![format!("client_id={}", id.client_id)];
+                by.extend(id.object_id.iter().map(|o| format!("object_id={o}")));
+                by.extend(id.msi_res_id.iter().map(|r| format!("msi_res_id={r}")));
+                IdentityEnv {
+                    name: id.client_id.clone(),
+                    exports: Vec::new(),
+                    how: format!(
+                        "select it in code, e.g. ManagedIdentityCredential(client_id=\"{}\"), or by {} on either endpoint",
+                        id.client_id,
+                        by.join(" or ")
+                    ),
+                }
+            })
+            .collect();
         AppEnv {
             cloud: Azure::NAME,
+            identities,
             exports,
             forbidden: FORBIDDEN_IN_APP.to_vec(),
             notes,
@@ -156,24 +199,31 @@ impl CloudConfig for AzureConfig {
         let token = shared
             .tokens
             .get("AZURE_FEDERATED_TOKEN_FILE", &self.token_file)?;
-        let exchange = AzureExchange {
-            entra: EntraClient {
-                http: shared.http.clone(),
-                token_url: self.token_url.clone(),
-                client_id: self.identity.client_id.clone(),
-                token: token.clone(),
-                clock: shared.clock.clone(),
-            },
-        };
-        let cache = Azure::cache(shared, exchange, Some(&token)).build();
-        let identity = Arc::new(self.identity.clone());
+        let identities: Vec<Identity> = std::iter::once(self.identity.clone())
+            .chain(self.others.iter().cloned())
+            .collect();
+        let clients = identities
+            .iter()
+            .map(|id| {
+                let client = EntraClient {
+                    http: shared.http.clone(),
+                    token_url: self.token_url.clone(),
+                    client_id: id.client_id.clone(),
+                    token: token.clone(),
+                    clock: shared.clock.clone(),
+                };
+                (Arc::<str>::from(id.client_id.as_str()), client)
+            })
+            .collect();
+        let cache = Azure::cache(shared, AzureExchange { clients }, Some(&token)).build();
         let tokens = Arc::new(Tokens {
             cache: cache.clone(),
-            identity: identity.clone(),
+            identities: Arc::new(identities.clone()),
             clock: shared.clock.clone(),
         });
         tracing::info!(
             client_id = %self.identity.client_id,
+            other_identities = ?self.others.iter().map(|i| i.client_id.as_str()).collect::<Vec<_>>(),
             tenant_id = %self.identity.tenant_id,
             token_url = %self.token_url,
             resources = ?self.resources,
@@ -183,7 +233,12 @@ impl CloudConfig for AzureConfig {
         let mut runtime = Runtime::new(Azure::NAME)
             .who(format!(
                 "client {} in tenant {}",
-                identity.client_id, identity.tenant_id
+                identities
+                    .iter()
+                    .map(|i| i.client_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.identity.tenant_id
             ))
             .surface(Arc::new(ImdsSurface {
                 tokens: tokens.clone(),
@@ -192,21 +247,26 @@ impl CloudConfig for AzureConfig {
                 tokens,
                 header: self.identity_header.clone(),
             }));
-        for resource in &self.resources {
-            let label = resource.clone();
-            runtime = runtime.hold(Pinned::new(
-                scope_for(resource),
-                &cache,
-                scope_for(resource),
-                move |cred| {
+        for (i, id) in identities.iter().enumerate() {
+            for resource in &self.resources {
+                let key = AzureKey {
+                    client_id: Arc::from(id.client_id.as_str()),
+                    scope: scope_for(resource),
+                    default: i == 0,
+                };
+                let label = match i {
+                    0 => resource.clone(),
+                    _ => format!("{} {resource}", id.client_id),
+                };
+                runtime = runtime.hold(Pinned::new(key.to_string(), &cache, key, move |cred| {
                     format!(
                         "{label}: token of {} chars, expires {} (in {} s)",
                         cred.value.access_token.len(),
                         format_rfc3339(cred.expires_wall),
                         seconds_left(cred)
                     )
-                },
-            ));
+                }));
+            }
         }
         Ok(runtime)
     }

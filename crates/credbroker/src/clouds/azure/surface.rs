@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderName, Method};
 
+use super::AzureKey;
 use super::config::{Identity, check_resource, scope_for};
 use crate::clock::Clock;
 use crate::exchange::Exchange;
@@ -174,17 +175,23 @@ pub fn parse_request(query: Option<&str>, flavor: Flavor) -> Result<TokenRequest
     })
 }
 
-/// Whether `identity` is the one a request named (GUIDs and ARM ids compare case-insensitively).
-pub fn holds(identity: &Identity, asked: &Option<(IdKind, String)>) -> bool {
+/// The identity a request names among `identities` (the default first, answering when none
+/// is named); GUIDs and ARM ids compare case-insensitively, as Azure does.
+pub fn select<'a>(
+    identities: &'a [Identity],
+    asked: &Option<(IdKind, String)>,
+) -> Option<(usize, &'a Identity)> {
     let Some((kind, value)) = asked else {
-        return true;
+        return identities.first().map(|i| (0, i));
     };
-    let ours = match kind {
-        IdKind::ClientId => Some(identity.client_id.as_str()),
-        IdKind::ObjectId => identity.object_id.as_deref(),
-        IdKind::ResourceId => identity.msi_res_id.as_deref(),
-    };
-    ours.is_some_and(|o| o.eq_ignore_ascii_case(value.trim()))
+    identities.iter().enumerate().find(|(_, identity)| {
+        let ours = match kind {
+            IdKind::ClientId => Some(identity.client_id.as_str()),
+            IdKind::ObjectId => identity.object_id.as_deref(),
+            IdKind::ResourceId => identity.msi_res_id.as_deref(),
+        };
+        ours.is_some_and(|o| o.eq_ignore_ascii_case(value.trim()))
+    })
 }
 
 /// The success body for `flavor`, every value a string. `now` is Unix seconds.
@@ -259,36 +266,49 @@ pub fn unavailable(why: &Unavailable) -> Resp {
 }
 
 /// What both surfaces share: the per-scope cache, the identity and the clock.
-pub struct Tokens<E: Exchange<String, Credential = AzureToken>> {
-    pub cache: Cache<String, E>,
-    pub identity: Arc<Identity>,
+pub struct Tokens<E: Exchange<AzureKey, Credential = AzureToken>> {
+    pub cache: Cache<AzureKey, E>,
+    /// The default identity first.
+    pub identities: Arc<Vec<Identity>>,
     pub clock: Arc<dyn Clock>,
 }
 
-impl<E: Exchange<String, Credential = AzureToken>> Tokens<E> {
+impl<E: Exchange<AzureKey, Credential = AzureToken>> Tokens<E> {
     async fn serve(&self, query: Option<&str>, flavor: Flavor) -> Resp {
         let req = match parse_request(query, flavor) {
             Ok(r) => r,
             Err(reject) => return reject.render(),
         };
-        if !holds(&self.identity, &req.identity) {
+        // Azure's own answer for an identity the VM does not have (docs/azure.md).
+        let Some((index, identity)) = select(&self.identities, &req.identity) else {
             return Reject::bad(
-                "Identity not found: this sidecar holds one identity and the request names another",
+                "Identity not found: no managed identity of this sidecar has that client_id, object_id or msi_res_id",
             )
             .render();
-        }
-        match self.cache.get(&req.scope, WAIT).await {
-            Ok(cred) => self.render(flavor, &cred, &req.resource),
+        };
+        let key = AzureKey {
+            client_id: Arc::from(identity.client_id.as_str()),
+            scope: req.scope,
+            default: index == 0,
+        };
+        match self.cache.get(&key, WAIT).await {
+            Ok(cred) => self.render(flavor, &cred, &req.resource, &identity.client_id),
             Err(u) => unavailable(&u),
         }
     }
 
-    fn render(&self, flavor: Flavor, cred: &Issued<AzureToken>, resource: &str) -> Resp {
+    fn render(
+        &self,
+        flavor: Flavor,
+        cred: &Issued<AzureToken>,
+        resource: &str,
+        client_id: &str,
+    ) -> Resp {
         render(
             flavor,
             &cred.value,
             resource,
-            &self.identity.client_id,
+            client_id,
             self.clock.unix_secs(),
         )
     }
@@ -326,11 +346,11 @@ fn imds_path(path: &str) -> Option<ImdsPath> {
 const METADATA_HEADER: HeaderName = HeaderName::from_static("metadata");
 
 /// `GET /metadata/identity/oauth2/token` with `Metadata: true` (AZURE_POD_IDENTITY_AUTHORITY_HOST).
-pub struct ImdsSurface<E: Exchange<String, Credential = AzureToken>> {
+pub struct ImdsSurface<E: Exchange<AzureKey, Credential = AzureToken>> {
     pub tokens: Arc<Tokens<E>>,
 }
 
-impl<E: Exchange<String, Credential = AzureToken>> ImdsSurface<E> {
+impl<E: Exchange<AzureKey, Credential = AzureToken>> ImdsSurface<E> {
     async fn serve(&self, req: &Parts) -> Resp {
         let kind = imds_path(req.uri.path()).unwrap_or(ImdsPath::Other);
         match kind {
@@ -362,7 +382,7 @@ impl<E: Exchange<String, Credential = AzureToken>> ImdsSurface<E> {
     }
 }
 
-impl<E: Exchange<String, Credential = AzureToken>> Surface for ImdsSurface<E> {
+impl<E: Exchange<AzureKey, Credential = AzureToken>> Surface for ImdsSurface<E> {
     fn name(&self) -> &'static str {
         "azure-imds"
     }
@@ -384,7 +404,7 @@ impl<E: Exchange<String, Credential = AzureToken>> Surface for ImdsSurface<E> {
 
 /// App Service 2019-08-01: `GET /msi/token` with `X-IDENTITY-HEADER` (IDENTITY_ENDPOINT and
 /// IDENTITY_HEADER; the one managed-identity source Go SDKs let us redirect).
-pub struct AppServiceSurface<E: Exchange<String, Credential = AzureToken>> {
+pub struct AppServiceSurface<E: Exchange<AzureKey, Credential = AzureToken>> {
     pub tokens: Arc<Tokens<E>>,
     /// `None` disables the endpoint (no `--azure-identity-header`).
     pub header: Option<Secret>,
@@ -392,7 +412,7 @@ pub struct AppServiceSurface<E: Exchange<String, Credential = AzureToken>> {
 
 const IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-identity-header");
 
-impl<E: Exchange<String, Credential = AzureToken>> AppServiceSurface<E> {
+impl<E: Exchange<AzureKey, Credential = AzureToken>> AppServiceSurface<E> {
     async fn serve(&self, req: &Parts) -> Resp {
         let Some(expected) = &self.header else {
             return error_body(
@@ -421,7 +441,7 @@ impl<E: Exchange<String, Credential = AzureToken>> AppServiceSurface<E> {
     }
 }
 
-impl<E: Exchange<String, Credential = AzureToken>> Surface for AppServiceSurface<E> {
+impl<E: Exchange<AzureKey, Credential = AzureToken>> Surface for AppServiceSurface<E> {
     fn name(&self) -> &'static str {
         "azure-app-service"
     }

@@ -20,6 +20,9 @@ use crate::testing::{Scripted, claims, route};
 
 const CLIENT: &str = "3f9a1c2e-7b4d-4e8f-a1b2-c3d4e5f60718";
 const HEADER: &str = "identity-header-0123456789";
+/// A second managed identity, federated with the same token.
+const OTHER: &str = "0b6c1f4e-2d3a-4b5c-8d9e-0f1a2b3c4d5e";
+const OTHER_RES: &str = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/other";
 
 fn mins(m: u64) -> Duration {
     Duration::from_secs(m * 60)
@@ -29,11 +32,12 @@ fn mins(m: u64) -> Duration {
 #[derive(Clone)]
 struct Script(Arc<Scripted>);
 
-impl Exchange<String> for Script {
+impl Exchange<AzureKey> for Script {
     type Credential = AzureToken;
 
-    async fn exchange(&self, scope: &String) -> Result<Fresh<AzureToken>, ExchangeError> {
-        let (n, expires) = self.0.issue(scope).await?;
+    async fn exchange(&self, key: &AzureKey) -> Result<Fresh<AzureToken>, ExchangeError> {
+        let scope = &key.scope;
+        let (n, expires) = self.0.issue(&key.to_string()).await?;
         let now = self.0.clock.wall();
         Ok(Fresh {
             value: AzureToken::new(
@@ -46,9 +50,18 @@ impl Exchange<String> for Script {
     }
 }
 
+/// The default identity's key for `scope`.
+fn key(scope: &str) -> AzureKey {
+    AzureKey {
+        client_id: Arc::from(CLIENT),
+        scope: scope.to_string(),
+        default: true,
+    }
+}
+
 struct Rig {
     ex: Arc<Scripted>,
-    cache: Cache<String, Script>,
+    cache: Cache<AzureKey, Script>,
     imds: Arc<ImdsSurface<Script>>,
     app: Arc<AppServiceSurface<Script>>,
 }
@@ -60,12 +73,20 @@ fn rig(life: Duration) -> Rig {
         .build();
     let tokens = Arc::new(Tokens {
         cache: cache.clone(),
-        identity: Arc::new(Identity {
-            client_id: CLIENT.into(),
-            tenant_id: "t.example.com".into(),
-            object_id: Some("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee".into()),
-            msi_res_id: None,
-        }),
+        identities: Arc::new(vec![
+            Identity {
+                client_id: CLIENT.into(),
+                tenant_id: "t.example.com".into(),
+                object_id: Some("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee".into()),
+                msi_res_id: None,
+            },
+            Identity {
+                client_id: OTHER.into(),
+                tenant_id: "t.example.com".into(),
+                object_id: None,
+                msi_res_id: Some(OTHER_RES.into()),
+            },
+        ]),
         clock: Arc::new(ex.clock),
     });
     Rig {
@@ -153,7 +174,9 @@ fn command_line_is_consistent_and_parses_azure_flags() {
 #[tokio::test(start_paused = true)]
 async fn one_hour_tokens_refresh_at_half_life_and_are_never_served_inside_the_window() {
     let r = rig(Duration::from_secs(3599));
-    let slot = r.cache.pin(scope_for("https://management.azure.com/"));
+    let slot = r
+        .cache
+        .pin(key(&scope_for("https://management.azure.com/")));
     slot.get(Duration::from_secs(2)).await.unwrap();
     let t0 = Instant::now();
     for _ in 0..(6 * 60) {
@@ -179,7 +202,7 @@ async fn one_hour_tokens_refresh_at_half_life_and_are_never_served_inside_the_wi
 #[tokio::test(start_paused = true)]
 async fn day_long_managed_identity_tokens_refresh_at_half_life() {
     let r = rig(Duration::from_secs(86_399));
-    let slot = r.cache.pin("https://vault.azure.net/.default".to_string());
+    let slot = r.cache.pin(key("https://vault.azure.net/.default"));
     slot.get(Duration::from_secs(2)).await.unwrap();
     sleep(Duration::from_secs(10 * 3600)).await;
     assert_eq!(r.ex.calls(), 1, "refreshed before 10.8 h");
@@ -193,7 +216,7 @@ async fn day_long_managed_identity_tokens_refresh_at_half_life() {
 async fn tokens_shorter_than_the_window_refresh_at_half_life_without_looping() {
     // 8 minutes: less than azure-identity's 5 min window plus our 5 min margin.
     let r = rig(mins(8));
-    let slot = r.cache.pin("https://vault.azure.net/.default".to_string());
+    let slot = r.cache.pin(key("https://vault.azure.net/.default"));
     slot.get(Duration::from_secs(2)).await.unwrap();
     for _ in 0..60 {
         sleep(Duration::from_secs(60)).await;
@@ -533,14 +556,15 @@ mod against_fake_entra {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
+        let client = EntraClient {
+            http,
+            token_url: entra.token_url().parse().unwrap(),
+            client_id: DEMO_CLIENT_ID.into(),
+            token,
+            clock,
+        };
         let exchange = AzureExchange {
-            entra: EntraClient {
-                http,
-                token_url: entra.token_url().parse().unwrap(),
-                client_id: DEMO_CLIENT_ID.into(),
-                token,
-                clock,
-            },
+            clients: HashMap::from([(Arc::<str>::from(DEMO_CLIENT_ID), client)]),
         };
         World {
             _dir: dir,
@@ -552,10 +576,18 @@ mod against_fake_entra {
 
     const SCOPE: &str = "https://management.azure.com//.default";
 
+    fn scope_key() -> AzureKey {
+        AzureKey {
+            client_id: Arc::from(DEMO_CLIENT_ID),
+            scope: SCOPE.to_string(),
+            default: true,
+        }
+    }
+
     #[tokio::test]
     async fn issues_the_token_the_fake_logged_for_that_scope() {
         let w = world().await;
-        let fresh = w.exchange.exchange(&SCOPE.to_string()).await.unwrap();
+        let fresh = w.exchange.exchange(&scope_key()).await.unwrap();
         let log = w.entra.log();
         assert_eq!(log.len(), 1);
         assert_eq!(log[0].scope.as_deref(), Some(SCOPE));
@@ -579,9 +611,9 @@ mod against_fake_entra {
     #[tokio::test]
     async fn each_exchange_sends_the_token_on_disk_now() {
         let w = world().await;
-        w.exchange.exchange(&SCOPE.to_string()).await.unwrap();
+        w.exchange.exchange(&scope_key()).await.unwrap();
         let rotated = w.volume.rotate().unwrap();
-        w.exchange.exchange(&SCOPE.to_string()).await.unwrap();
+        w.exchange.exchange(&scope_key()).await.unwrap();
         let log = w.entra.log();
         assert_eq!(
             log[1].assertion_sha256.as_deref(),
@@ -597,7 +629,7 @@ mod against_fake_entra {
             code: "700024".into(),
             count: Some(1),
         });
-        w.exchange.exchange(&SCOPE.to_string()).await.unwrap();
+        w.exchange.exchange(&scope_key()).await.unwrap();
         let outcomes: Vec<String> = w.entra.log().into_iter().map(|r| r.outcome).collect();
         assert_eq!(outcomes, ["fault:error", "issued"]);
 
@@ -606,7 +638,7 @@ mod against_fake_entra {
             code: "700024".into(),
             count: Some(2),
         });
-        let e = w.exchange.exchange(&SCOPE.to_string()).await.unwrap_err();
+        let e = w.exchange.exchange(&scope_key()).await.unwrap_err();
         assert_eq!(
             (e.code.as_str(), e.status, e.retry),
             ("invalid_client", Some(401), Retry::Permanent)
@@ -629,7 +661,7 @@ mod against_fake_entra {
                 code: code.into(),
                 count: Some(1),
             });
-            let e = w.exchange.exchange(&SCOPE.to_string()).await.unwrap_err();
+            let e = w.exchange.exchange(&scope_key()).await.unwrap_err();
             assert_eq!(
                 (e.status, e.code.as_str(), e.retry),
                 (Some(status), error, retry),
@@ -642,7 +674,7 @@ mod against_fake_entra {
             count: Some(1),
             retry_after: Some(7),
         });
-        let e = w.exchange.exchange(&SCOPE.to_string()).await.unwrap_err();
+        let e = w.exchange.exchange(&scope_key()).await.unwrap_err();
         assert_eq!(
             (e.status, e.retry, e.retry_after),
             (Some(429), Retry::Transient, Some(Duration::from_secs(7)))
@@ -653,11 +685,11 @@ mod against_fake_entra {
                 count: Some(1),
                 retry_after: None,
             });
-            let e = w.exchange.exchange(&SCOPE.to_string()).await.unwrap_err();
+            let e = w.exchange.exchange(&scope_key()).await.unwrap_err();
             assert_eq!((e.status, e.retry), (Some(status), Retry::Transient));
         }
         w.entra.faults().set(Fault::Garbage { count: Some(1) });
-        let e = w.exchange.exchange(&SCOPE.to_string()).await.unwrap_err();
+        let e = w.exchange.exchange(&scope_key()).await.unwrap_err();
         assert_eq!(
             (e.code.as_str(), e.retry),
             ("MalformedResponse", Retry::Transient)
@@ -670,7 +702,10 @@ mod against_fake_entra {
         // A multi-resource scope: Entra's own invalid_scope.
         let e = w
             .exchange
-            .exchange(&"https://a/.default https://b/.default".to_string())
+            .exchange(&AzureKey {
+                scope: "https://a/.default https://b/.default".to_string(),
+                ..scope_key()
+            })
             .await
             .unwrap_err();
         assert_eq!((e.code.as_str(), e.status), ("invalid_scope", Some(400)));
@@ -684,15 +719,15 @@ mod against_fake_entra {
                 audience: ENTRA_AUDIENCE.into(),
             },
         );
-        let e = w.exchange.exchange(&SCOPE.to_string()).await.unwrap_err();
+        let e = w.exchange.exchange(&scope_key()).await.unwrap_err();
         assert!(e.message.starts_with("AADSTS700213"), "{}", e.message);
         // No federated credential for this issuer at all: 700211.
         w.entra.clear_federated_credentials(DEMO_CLIENT_ID);
-        let e = w.exchange.exchange(&SCOPE.to_string()).await.unwrap_err();
+        let e = w.exchange.exchange(&scope_key()).await.unwrap_err();
         assert!(e.message.starts_with("AADSTS700211"), "{}", e.message);
         // The app is gone: 700016.
         w.entra.remove_app(DEMO_CLIENT_ID);
-        let e = w.exchange.exchange(&SCOPE.to_string()).await.unwrap_err();
+        let e = w.exchange.exchange(&scope_key()).await.unwrap_err();
         assert!(e.message.starts_with("AADSTS700016"), "{}", e.message);
         assert_eq!(e.retry, Retry::Permanent);
         // The assertion is never logged by us or echoed back.
@@ -753,4 +788,54 @@ fn futures_body(resp: crate::http::server::Resp) -> bytes::Bytes {
         .build()
         .unwrap();
     rt.block_on(resp.into_body().collect()).unwrap().to_bytes()
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_select_each_managed_identity_as_azure_does() {
+    let r = rig(mins(60));
+    const Q: &str =
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net";
+    let (status, default) = imds(&r, Q).await;
+    assert_eq!(status, 200);
+    assert_eq!(default["client_id"], CLIENT);
+    for selector in [
+        format!("client_id={OTHER}"),
+        format!("client_id={}", OTHER.to_ascii_uppercase()),
+        format!("msi_res_id={OTHER_RES}"),
+    ] {
+        let (status, body) = imds(&r, &format!("{Q}&{selector}")).await;
+        assert_eq!(status, 200, "{selector}: {body}");
+        assert_eq!(body["client_id"], OTHER, "{selector}");
+        assert_ne!(body["access_token"], default["access_token"]);
+    }
+    // One exchange per identity and resource, whichever way the identity was named.
+    assert_eq!(
+        r.ex.times(&format!("{OTHER} https://vault.azure.net/.default"))
+            .len(),
+        1
+    );
+    assert_eq!(r.ex.times("https://vault.azure.net/.default").len(), 1);
+    // App Service selects the same way; an identity the sidecar does not hold is Azure's 400.
+    let uri = format!(
+        "/msi/token?api-version=2019-08-01&resource=https://vault.azure.net&client_id={OTHER}"
+    );
+    let (status, body) = call(
+        r.app.clone(),
+        parts("GET", &uri, &[("x-identity-header", HEADER)]),
+    )
+    .await;
+    assert_eq!((status, body["client_id"].as_str()), (200, Some(OTHER)));
+    let (status, body) = imds(
+        &r,
+        &format!("{Q}&client_id=11111111-2222-3333-4444-555555555555"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("Identity not found")
+    );
 }

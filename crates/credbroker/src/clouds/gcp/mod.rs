@@ -147,6 +147,7 @@ impl CloudConfig for GcpConfig {
     fn app_env(&self, listen: SocketAddr) -> AppEnv {
         let host = listen.to_string();
         AppEnv {
+            identities: Vec::new(),
             cloud: Gcp::NAME,
             exports: vec![
                 ("GCE_METADATA_HOST".into(), host.clone()),

@@ -226,6 +226,7 @@ impl CloudConfig for OciConfig {
             // opens a passphrase file in an invalid mode
             // (docs/oci.md, "Resource principal 2.2 files").
             forbidden: vec!["OCI_RESOURCE_PRINCIPAL_PRIVATE_PEM_PASSPHRASE"],
+            identities: Vec::new(),
             notes: vec![
                 format!(
                     "mount {} into the application container at the same path; the files must exist before the application starts (run credbroker as a native sidecar with a startup probe on /readyz/oci)",

@@ -25,6 +25,7 @@ fn renders_both_bodies_with_escaping() {
         sts(),
         &role(),
         UNIX_EPOCH + Duration::from_secs(1_799_996_400),
+        None,
     );
     let container: serde_json::Value = serde_json::from_slice(&c.container_body).unwrap();
     assert_eq!(container["SecretAccessKey"], "sec\"ret/+");
