@@ -25,7 +25,7 @@ use crate::clock::Clock;
 use crate::config::{ConfigError, Env};
 use crate::exchange::Exchange;
 use crate::fs::FileMode;
-use crate::inject::part::{Account, PodPart, Refusal};
+use crate::inject::part::{PodPart, Refusal, ServiceAccount};
 use crate::metrics::Metrics;
 use crate::refresh::{Cache, CacheBuilder, CacheKey};
 use crate::token::{BACKSTOP_INTERVAL, TokenSource};
@@ -60,7 +60,7 @@ pub trait Cloud: Sync + 'static {
     type InjectFlags: Args + FromArgMatches;
     /// What the webhook adds to a pod for this cloud, from its ServiceAccount's annotations;
     /// `None` when they name no identity for it.
-    fn inject(sa: &Account, flags: &Self::InjectFlags) -> Result<Option<PodPart>, Refusal>;
+    fn inject(sa: &ServiceAccount, flags: &Self::InjectFlags) -> Result<Option<PodPart>, Refusal>;
 
     /// A cache for this cloud's credentials: its name and SDK window.
     fn cache_builder<K: CacheKey, E: Exchange<K>>(exchanger: E) -> CacheBuilder<K, E> {
@@ -98,7 +98,7 @@ pub trait Declared: Sync {
     ) -> Result<Option<Box<dyn CloudConfig>>, ConfigError>;
     fn identity_annotation(&self) -> &'static str;
     fn augment_inject_args(&self, cmd: clap::Command) -> clap::Command;
-    fn inject(&self, sa: &Account, flags: &InjectFlags) -> Result<Option<PodPart>, Refusal>;
+    fn inject(&self, sa: &ServiceAccount, flags: &InjectFlags) -> Result<Option<PodPart>, Refusal>;
 }
 
 impl<C: Cloud> Declared for C {
@@ -139,7 +139,7 @@ impl<C: Cloud> Declared for C {
         C::InjectFlags::augment_args(cmd)
     }
 
-    fn inject(&self, sa: &Account, flags: &InjectFlags) -> Result<Option<PodPart>, Refusal> {
+    fn inject(&self, sa: &ServiceAccount, flags: &InjectFlags) -> Result<Option<PodPart>, Refusal> {
         let own: C::InjectFlags = flags.of();
         C::inject(sa, &own)
     }

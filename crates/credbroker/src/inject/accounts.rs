@@ -6,10 +6,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::ServiceAccount as ServiceAccountObject;
 use kube::Api;
 
-use super::part::Account;
+use super::part::ServiceAccount;
 
 /// Why a ServiceAccount could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,7 +32,7 @@ pub trait Accounts: Send + Sync + 'static {
         &self,
         namespace: &str,
         name: &str,
-    ) -> impl Future<Output = Result<Account, LookupError>> + Send;
+    ) -> impl Future<Output = Result<ServiceAccount, LookupError>> + Send;
 }
 
 /// The API server, through the `kube` client (in-cluster configuration, or `KUBECONFIG`).
@@ -59,9 +59,9 @@ impl ApiServer {
 }
 
 impl Accounts for ApiServer {
-    async fn get(&self, namespace: &str, name: &str) -> Result<Account, LookupError> {
+    async fn get(&self, namespace: &str, name: &str) -> Result<ServiceAccount, LookupError> {
         let id = format!("{namespace}/{name}");
-        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let api: Api<ServiceAccountObject> = Api::namespaced(self.client.clone(), namespace);
         let sa = match tokio::time::timeout(self.timeout, api.get(name)).await {
             Err(_) => return Err(LookupError::Timeout(id, self.timeout)),
             Ok(Err(kube::Error::Api(status))) if status.code == 404 => {
@@ -73,7 +73,7 @@ impl Accounts for ApiServer {
             Ok(Err(e)) => return Err(LookupError::Failed(id, e.to_string())),
             Ok(Ok(sa)) => sa,
         };
-        Ok(Account {
+        Ok(ServiceAccount {
             namespace: namespace.to_string(),
             name: name.to_string(),
             annotations: sa.metadata.annotations.unwrap_or_default(),

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use accounts::{Accounts, ApiServer};
 use metrics::InjectMetrics;
 use mutate::Sidecar;
-use part::{Account, Refusal};
+use part::{Refusal, ServiceAccount};
 use review::Webhook;
 use tls::Certificate;
 
@@ -36,7 +36,11 @@ use crate::http::server::{Handler, Resp, ServerLimits, respond, serve, serve_tls
 
 /// A projected token's lifetime from a ServiceAccount annotation (seconds), or `default`.
 /// kubelet refuses less than 10 minutes; more than a day is not a rotation any more.
-pub(crate) fn token_expiration(sa: &Account, key: &str, default: i64) -> Result<i64, Refusal> {
+pub(crate) fn token_expiration(
+    sa: &ServiceAccount,
+    key: &str,
+    default: i64,
+) -> Result<i64, Refusal> {
     let Some(value) = sa.annotation(key) else {
         return Ok(default);
     };

@@ -86,13 +86,13 @@ impl PodPart {
 
 /// The ServiceAccount as the webhook read it: who it is and its annotations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Account {
+pub struct ServiceAccount {
     pub namespace: String,
     pub name: String,
     pub annotations: BTreeMap<String, String>,
 }
 
-impl Account {
+impl ServiceAccount {
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations
             .get(key)

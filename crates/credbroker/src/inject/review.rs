@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::accounts::{Accounts, LookupError};
 use super::metrics::{InjectMetrics, Outcome};
 use super::mutate::{self, Parts as CloudParts, Sidecar};
-use super::part::{Account, Refusal};
+use super::part::{Refusal, ServiceAccount};
 use crate::clouds::{CLOUDS, InjectFlags};
 use crate::http::server::{BodyError, BodyHandler, Resp, json, text};
 
@@ -146,7 +146,7 @@ impl<A: Accounts> Webhook<A> {
 }
 
 /// Each cloud's part for this ServiceAccount; a refusal when it names no identity at all.
-pub fn parts(account: &Account, flags: &InjectFlags) -> Result<CloudParts, Refusal> {
+pub fn parts(account: &ServiceAccount, flags: &InjectFlags) -> Result<CloudParts, Refusal> {
     let mut parts = Vec::new();
     for cloud in CLOUDS {
         if let Some(part) = cloud.inject(account, flags)? {

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::accounts::{Accounts, LookupError};
 use super::metrics::InjectMetrics;
 use super::mutate::Sidecar;
-use super::part::Account;
+use super::part::ServiceAccount;
 use super::review::Webhook;
 use crate::clouds::InjectFlags;
 use crate::http::server::BodyError;
@@ -23,10 +23,10 @@ const PROVIDER: &str = "//iam.googleapis.com/projects/314159/locations/global/wo
 struct Held(BTreeMap<String, BTreeMap<String, String>>);
 
 impl Accounts for Held {
-    async fn get(&self, namespace: &str, name: &str) -> Result<Account, LookupError> {
+    async fn get(&self, namespace: &str, name: &str) -> Result<ServiceAccount, LookupError> {
         let id = format!("{namespace}/{name}");
         match self.0.get(&id) {
-            Some(annotations) => Ok(Account {
+            Some(annotations) => Ok(ServiceAccount {
                 namespace: namespace.into(),
                 name: name.into(),
                 annotations: annotations.clone(),

@@ -3,7 +3,7 @@
 //! audience and lifetime, and the STS endpoint mode.
 
 use super::config::RoleArn;
-use crate::inject::part::{Account, EnvValue, PodPart, ProjectedToken, Refusal, SHARED_DIR};
+use crate::inject::part::{EnvValue, PodPart, ProjectedToken, Refusal, SHARED_DIR, ServiceAccount};
 use crate::inject::token_expiration;
 
 pub const ROLE_ARN: &str = "eks.amazonaws.com/role-arn";
@@ -29,7 +29,7 @@ pub struct InjectFlags {
     pub aws_sts_endpoint: Option<String>,
 }
 
-pub fn part(sa: &Account, flags: &InjectFlags) -> Result<Option<PodPart>, Refusal> {
+pub fn part(sa: &ServiceAccount, flags: &InjectFlags) -> Result<Option<PodPart>, Refusal> {
     let Some(role) = sa.annotation(ROLE_ARN) else {
         return Ok(None);
     };

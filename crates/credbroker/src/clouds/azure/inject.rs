@@ -2,7 +2,7 @@
 //! Azure Workload Identity webhook reads (docs/azure.md, "Workload identity webhook"): the
 //! client id, optionally the tenant, and the token's lifetime.
 
-use crate::inject::part::{Account, EnvValue, PodPart, ProjectedToken, Refusal};
+use crate::inject::part::{EnvValue, PodPart, ProjectedToken, Refusal, ServiceAccount};
 use crate::inject::token_expiration;
 
 pub const CLIENT_ID: &str = "azure.workload.identity/client-id";
@@ -26,7 +26,7 @@ pub struct InjectFlags {
     pub azure_authority_host: Option<String>,
 }
 
-pub fn part(sa: &Account, flags: &InjectFlags) -> Result<Option<PodPart>, Refusal> {
+pub fn part(sa: &ServiceAccount, flags: &InjectFlags) -> Result<Option<PodPart>, Refusal> {
     let Some(client_id) = sa.annotation(CLIENT_ID) else {
         return Ok(None);
     };

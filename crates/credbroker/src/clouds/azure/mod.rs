@@ -24,7 +24,7 @@ use super::runtime::seconds_left;
 use super::{AppEnv, Cloud, CloudConfig, IdentityEnv, Pinned, Runtime, Shared};
 use crate::config::{ConfigError, Env};
 use crate::exchange::{Exchange, ExchangeError, Fresh};
-use crate::inject::part::{Account, PodPart, Refusal};
+use crate::inject::part::{PodPart, Refusal, ServiceAccount};
 use crate::timefmt::format_rfc3339;
 
 /// Azure, as the registry declares it.
@@ -50,7 +50,10 @@ impl Cloud for Azure {
     const IDENTITY_ANNOTATION: &'static str = inject::CLIENT_ID;
     type InjectFlags = inject::InjectFlags;
 
-    fn inject(sa: &Account, flags: &inject::InjectFlags) -> Result<Option<PodPart>, Refusal> {
+    fn inject(
+        sa: &ServiceAccount,
+        flags: &inject::InjectFlags,
+    ) -> Result<Option<PodPart>, Refusal> {
         inject::part(sa, flags)
     }
 }

@@ -49,7 +49,16 @@ pub struct Flags {
     /// `instance/hostname` (default: the instance name).
     #[arg(long, env = "CREDBROKER_GCP_INSTANCE_HOSTNAME", value_name = "HOST")]
     pub gcp_instance_hostname: Option<String>,
+
+    /// Another service account impersonated with the same federated (STS) token, served under
+    /// instance/service-accounts/EMAIL/. Repeatable (the variable: a comma-separated list).
+    #[arg(long, env = "CREDBROKER_GCP_SERVICE_ACCOUNT", value_name = "EMAIL",
+          value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub gcp_service_account: Vec<String>,
 }
+
+/// At most this many other service accounts (each a token per scope set, and ID tokens).
+pub const MAX_SERVICE_ACCOUNTS: usize = 16;
 
 /// Where the subject token comes from and how to read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +110,8 @@ pub struct GcpConfig {
     pub token_file: PathBuf,
     pub token_format: SubjectFormat,
     pub impersonation: Option<Impersonation>,
+    /// The other service accounts, impersonated with the same federated token.
+    pub others: Vec<Impersonation>,
     /// HTTP basic client authentication to STS (`client_id`/`client_secret`), when given.
     pub client_auth: Option<(String, crate::secret::Secret)>,
     pub project_id: Option<String>,
@@ -182,6 +193,8 @@ impl GcpConfig {
         };
         let (token_file, token_format) = credential_source(doc)?;
         let impersonation = impersonation(doc)?;
+        let universe = string_field(doc, "universe_domain")?.unwrap_or("googleapis.com");
+        let others = others(&flags.gcp_service_account, impersonation.as_ref(), universe)?;
         if string_field(doc, "workforce_pool_user_project")?.is_some() {
             return Err(err(
                 "workforce_pool_user_project",
@@ -235,6 +248,7 @@ impl GcpConfig {
             token_file,
             token_format,
             impersonation,
+            others,
             client_auth,
             project_id,
             universe_domain,
@@ -412,6 +426,75 @@ fn impersonation(doc: &Value) -> Result<Option<Impersonation>, ConfigError> {
         id_token_url,
         lifetime_secs,
     }))
+}
+
+/// The other service accounts' impersonation URLs: on the configuration's IAM Credentials host
+/// and path prefix when it impersonates, else on the universe's; its token lifetime, else an hour.
+fn others(
+    emails: &[String],
+    default: Option<&Impersonation>,
+    universe: &str,
+) -> Result<Vec<Impersonation>, ConfigError> {
+    const FLAG: &str = "--gcp-service-account";
+    if emails.len() > MAX_SERVICE_ACCOUNTS {
+        return Err(ConfigError::new(
+            FLAG,
+            format!(
+                "{} service accounts; at most {MAX_SERVICE_ACCOUNTS} per pod",
+                emails.len()
+            ),
+        ));
+    }
+    let mut out: Vec<Impersonation> = Vec::new();
+    for email in emails {
+        let email = email.trim();
+        let valid = email.contains('@')
+            && email.len() <= 254
+            && email
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"@.-_".contains(&b));
+        if !valid {
+            return Err(ConfigError::new(
+                FLAG,
+                format!("{email:?} is not a service account email"),
+            ));
+        }
+        if default.is_some_and(|d| d.email == email) || out.iter().any(|o| o.email == email) {
+            return Err(ConfigError::new(FLAG, format!("{email} is given twice")));
+        }
+        let access = match default {
+            Some(d) => {
+                let mut url = d.access_token_url.clone();
+                let path = url.path().to_string();
+                let prefix = path
+                    .rsplit_once("/serviceAccounts/")
+                    .map(|(p, _)| p)
+                    .unwrap_or("");
+                url.set_path(&format!(
+                    "{prefix}/serviceAccounts/{email}:generateAccessToken"
+                ));
+                url
+            }
+            None => endpoint(
+                FLAG,
+                &format!(
+                    "https://iamcredentials.{universe}/v1/projects/-/serviceAccounts/{email}:generateAccessToken"
+                ),
+            )?,
+        };
+        let mut id_token_url = access.clone();
+        let id_path = access
+            .path()
+            .replace(":generateAccessToken", ":generateIdToken");
+        id_token_url.set_path(&id_path);
+        out.push(Impersonation {
+            email: email.to_string(),
+            access_token_url: access,
+            id_token_url,
+            lifetime_secs: default.map_or(DEFAULT_LIFETIME, |d| d.lifetime_secs),
+        });
+    }
+    Ok(out)
 }
 
 fn percent_decode(s: &str) -> String {

@@ -5,7 +5,9 @@
 
 use serde_json::json;
 
-use crate::inject::part::{Account, EnvValue, InjectedFile, PodPart, ProjectedToken, Refusal};
+use crate::inject::part::{
+    EnvValue, InjectedFile, PodPart, ProjectedToken, Refusal, ServiceAccount,
+};
 
 pub const SERVICE_ACCOUNT: &str = "iam.gke.io/gcp-service-account";
 /// The pod annotation that carries the credential configuration to its file.
@@ -52,7 +54,7 @@ pub struct InjectFlags {
     pub gcp_iam_credentials_url: String,
 }
 
-pub fn part(sa: &Account, flags: &InjectFlags) -> Result<Option<PodPart>, Refusal> {
+pub fn part(sa: &ServiceAccount, flags: &InjectFlags) -> Result<Option<PodPart>, Refusal> {
     let Some(email) = sa.annotation(SERVICE_ACCOUNT) else {
         return Ok(None);
     };

@@ -120,6 +120,63 @@ impl fmt::Display for IdKey {
     }
 }
 
+/// Which Google service account: the configuration's own (`default`: the impersonated one, or
+/// the pool's identity in direct federation), or another impersonated one, by email.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Account {
+    Default,
+    Other(Arc<str>),
+}
+
+/// An access token's cache key: the account and the scope set. The default account's keys read
+/// as the bare scope set in `/readyz` and metrics, as they did with one account.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AccessKey {
+    pub account: Account,
+    pub scopes: ScopeSet,
+}
+
+impl AccessKey {
+    pub fn new(account: Account, scopes: ScopeSet) -> Self {
+        AccessKey { account, scopes }
+    }
+}
+
+impl fmt::Display for AccessKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.account {
+            Account::Default => write!(f, "{}", self.scopes),
+            Account::Other(email) => write!(f, "{email} {}", self.scopes),
+        }
+    }
+}
+
+/// An ID token's cache key: the account and the (audience, format).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdFor {
+    pub account: Account,
+    pub id: IdKey,
+}
+
+impl fmt::Display for IdFor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.account {
+            Account::Default => write!(f, "{}", self.id),
+            Account::Other(email) => write!(f, "{email} {}", self.id),
+        }
+    }
+}
+
+/// The one federated (STS) token every impersonation is made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Federated;
+
+impl fmt::Display for Federated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sts")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,22 +7,23 @@ pub mod keys;
 pub mod sts;
 pub mod surface;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::{Flags, GcpConfig};
-pub use keys::{IdFormat, IdKey, ScopeSet};
+pub use keys::{AccessKey, Account, Federated, IdFor, IdFormat, IdKey, ScopeSet};
 use sts::{AccessToken, CLOUD_PLATFORM, GoogleClient, SubjectSource};
 use surface::{MetadataSurface, MetadataTree};
 
 use super::runtime::seconds_left;
-use super::{AppEnv, Cloud, CloudConfig, Pinned, Runtime, Shared};
+use super::{AppEnv, Cloud, CloudConfig, IdentityEnv, Pinned, Runtime, Shared};
 use crate::clock::Clock;
 use crate::config::{ConfigError, Env};
 use crate::exchange::{Exchange, ExchangeError, Fresh};
-use crate::inject::part::{Account, PodPart, Refusal};
-use crate::refresh::{KeyLimits, Policy};
+use crate::inject::part::{PodPart, Refusal, ServiceAccount};
+use crate::refresh::{Cache, KeyLimits, Policy, Unavailable};
 use crate::secret::Secret;
 use crate::timefmt::format_rfc3339;
 
@@ -48,7 +49,10 @@ impl Cloud for Gcp {
     const IDENTITY_ANNOTATION: &'static str = inject::SERVICE_ACCOUNT;
     type InjectFlags = inject::InjectFlags;
 
-    fn inject(sa: &Account, flags: &inject::InjectFlags) -> Result<Option<PodPart>, Refusal> {
+    fn inject(
+        sa: &ServiceAccount,
+        flags: &inject::InjectFlags,
+    ) -> Result<Option<PodPart>, Refusal> {
         inject::part(sa, flags)
     }
 }
@@ -72,29 +76,89 @@ const ID_LIMITS: KeyLimits = KeyLimits {
 
 // === exchangers ===
 
-/// Access tokens for a scope set: STS alone (direct federation), or STS with `cloud-platform`
-/// then `generateAccessToken` with the caller's scopes (impersonation, AIP-4117).
-pub struct AccessExchange {
-    pub client: Arc<GoogleClient>,
-    pub impersonation: Option<config::Impersonation>,
+/// The service accounts impersonated: the default one (when the configuration impersonates)
+/// and the others (`--gcp-service-account`).
+#[derive(Debug, Clone, Default)]
+pub struct Impersonations {
+    pub default: Option<config::Impersonation>,
+    pub others: HashMap<Arc<str>, config::Impersonation>,
 }
 
-impl Exchange<ScopeSet> for AccessExchange {
+impl Impersonations {
+    fn of(&self, account: &Account) -> Option<&config::Impersonation> {
+        match account {
+            Account::Default => self.default.as_ref(),
+            Account::Other(email) => self.others.get(email),
+        }
+    }
+}
+
+/// How long an impersonation waits for the shared federated token (its first exchange may be
+/// in flight); inside the refresher's 30 s bound on one exchange.
+const FEDERATED_WAIT: Duration = Duration::from_secs(20);
+
+/// The federated token: STS with `cloud-platform`, once, shared by every impersonation.
+pub struct FederatedExchange {
+    pub client: Arc<GoogleClient>,
+}
+
+impl Exchange<Federated> for FederatedExchange {
     type Credential = AccessToken;
 
-    async fn exchange(&self, scopes: &ScopeSet) -> Result<Fresh<AccessToken>, ExchangeError> {
-        let token = match &self.impersonation {
-            None => self.client.exchange(scopes.as_slice()).await?,
-            Some(imp) => {
-                let federated = self.client.exchange(&[CLOUD_PLATFORM.to_string()]).await?;
+    async fn exchange(&self, _: &Federated) -> Result<Fresh<AccessToken>, ExchangeError> {
+        let token = self.client.exchange(&[CLOUD_PLATFORM.to_string()]).await?;
+        Ok(Fresh {
+            expires_at: token.expires_at,
+            value: token,
+        })
+    }
+}
+
+/// The shared federated token from its cache.
+async fn federated(
+    cache: &Cache<Federated, FederatedExchange>,
+) -> Result<Arc<crate::refresh::Issued<AccessToken>>, ExchangeError> {
+    cache
+        .get(&Federated, FEDERATED_WAIT)
+        .await
+        .map_err(|why| match why {
+            Unavailable::Failed(e) => e,
+            other => ExchangeError::transient("FederatedTokenUnavailable", other.to_string()),
+        })
+}
+
+/// Access tokens for an (account, scope set): STS alone for the default account in direct
+/// federation; else the shared federated token, then `generateAccessToken` with the caller's
+/// scopes (impersonation, AIP-4117).
+pub struct AccessExchange {
+    pub client: Arc<GoogleClient>,
+    pub federated: Option<Cache<Federated, FederatedExchange>>,
+    pub impersonations: Arc<Impersonations>,
+}
+
+impl Exchange<AccessKey> for AccessExchange {
+    type Credential = AccessToken;
+
+    async fn exchange(&self, key: &AccessKey) -> Result<Fresh<AccessToken>, ExchangeError> {
+        let scopes = key.scopes.as_slice();
+        let token = match (self.impersonations.of(&key.account), &self.federated) {
+            (Some(imp), Some(fed)) => {
+                let held = federated(fed).await?;
                 self.client
                     .generate_access_token(
                         &imp.access_token_url,
-                        &federated,
-                        scopes.as_slice(),
+                        &held.value,
+                        scopes,
                         imp.lifetime_secs,
                     )
                     .await?
+            }
+            (None, _) if key.account == Account::Default => self.client.exchange(scopes).await?,
+            _ => {
+                return Err(ExchangeError::permanent(
+                    "UnknownServiceAccount",
+                    format!("no service account {}", key),
+                ));
             }
         };
         Ok(Fresh {
@@ -104,25 +168,33 @@ impl Exchange<ScopeSet> for AccessExchange {
     }
 }
 
-/// ID tokens for an (audience, format): STS with `cloud-platform`, then `generateIdToken`.
+/// ID tokens for an (account, audience, format): the shared federated token, then
+/// `generateIdToken` for that account.
 pub struct IdExchange {
     pub client: Arc<GoogleClient>,
-    pub impersonation: config::Impersonation,
+    pub federated: Cache<Federated, FederatedExchange>,
+    pub impersonations: Arc<Impersonations>,
     pub clock: Arc<dyn Clock>,
 }
 
-impl Exchange<IdKey> for IdExchange {
+impl Exchange<IdFor> for IdExchange {
     type Credential = Secret;
 
-    async fn exchange(&self, key: &IdKey) -> Result<Fresh<Secret>, ExchangeError> {
-        let federated = self.client.exchange(&[CLOUD_PLATFORM.to_string()]).await?;
+    async fn exchange(&self, key: &IdFor) -> Result<Fresh<Secret>, ExchangeError> {
+        let imp = self.impersonations.of(&key.account).ok_or_else(|| {
+            ExchangeError::permanent(
+                "UnknownServiceAccount",
+                format!("no service account for {key}"),
+            )
+        })?;
+        let held = federated(&self.federated).await?;
         let token = self
             .client
             .generate_id_token(
-                &self.impersonation.id_token_url,
-                &federated,
-                &key.audience,
-                key.format == IdFormat::Full,
+                &imp.id_token_url,
+                &held.value,
+                &key.id.audience,
+                key.id.format == IdFormat::Full,
             )
             .await?;
         let reuse_until = self.clock.wall() + ID_TOKEN_REUSE;
@@ -146,8 +218,20 @@ impl CloudConfig for GcpConfig {
 
     fn app_env(&self, listen: SocketAddr) -> AppEnv {
         let host = listen.to_string();
+        let identities = self
+            .others
+            .iter()
+            .map(|i| IdentityEnv {
+                name: i.email.clone(),
+                exports: Vec::new(),
+                how: format!(
+                    "select it in code, e.g. compute_engine.Credentials(service_account_email=\"{}\") (Python), or at instance/service-accounts/{}/",
+                    i.email, i.email
+                ),
+            })
+            .collect();
         AppEnv {
-            identities: Vec::new(),
+            identities,
             cloud: Gcp::NAME,
             exports: vec![
                 ("GCE_METADATA_HOST".into(), host.clone()),
@@ -213,22 +297,44 @@ impl CloudConfig for GcpConfig {
             client_auth: self.client_auth.clone(),
             clock: shared.clock.clone(),
         });
+        let impersonations = Arc::new(Impersonations {
+            default: self.impersonation.clone(),
+            others: self
+                .others
+                .iter()
+                .map(|i| (Arc::<str>::from(i.email.as_str()), i.clone()))
+                .collect(),
+        });
+        let impersonating = impersonations.default.is_some() || !self.others.is_empty();
+        // One STS exchange, shared by every impersonation.
+        let federated = impersonating.then(|| {
+            Gcp::cache(
+                shared,
+                FederatedExchange {
+                    client: client.clone(),
+                },
+                watched.as_deref(),
+            )
+            .build()
+        });
         let access = Gcp::cache(
             shared,
             AccessExchange {
                 client: client.clone(),
-                impersonation: self.impersonation.clone(),
+                federated: federated.clone(),
+                impersonations: impersonations.clone(),
             },
             watched.as_deref(),
         )
         .build();
         let default_scopes = ScopeSet::default_set();
-        let ids = self.impersonation.clone().map(|impersonation| {
+        let ids = federated.clone().map(|federated| {
             Gcp::cache(
                 shared,
                 IdExchange {
                     client: client.clone(),
-                    impersonation,
+                    federated,
+                    impersonations: impersonations.clone(),
                     clock: shared.clock.clone(),
                 },
                 watched.as_deref(),
@@ -239,12 +345,15 @@ impl CloudConfig for GcpConfig {
         });
         let email = self.email();
         let tree = MetadataTree::build(&self, &email, &default_scopes);
+        let others: Vec<Arc<str>> = impersonations.others.keys().cloned().collect();
         let surface = MetadataSurface {
             access: access.clone(),
             default_scopes: default_scopes.clone(),
             ids,
+            default_impersonated: self.impersonation.is_some(),
             tree,
             email: email.clone(),
+            others: others.clone(),
             ksa: watched,
         };
         let identity = match &self.impersonation {
@@ -258,25 +367,37 @@ impl CloudConfig for GcpConfig {
             audience = %self.audience,
             token_url = %self.token_url,
             service_account = self.impersonation.as_ref().map(|i| i.email.as_str()),
+            other_service_accounts = ?others,
             project_id = self.project_id.as_deref(),
             "gcp enabled"
         );
         let scopes = default_scopes.to_string();
-        let pinned = Pinned::new(
-            default_scopes.to_string(),
-            &access,
-            default_scopes,
-            move |cred| {
+        let default = AccessKey::new(Account::Default, default_scopes.clone());
+        let mut runtime = Runtime::new(Gcp::NAME)
+            .surface(Arc::new(surface))
+            .hold(Pinned::new(
+                default.to_string(),
+                &access,
+                default,
+                move |cred| {
+                    format!(
+                        "{identity}: access token for {scopes} expires {} (in {} s)",
+                        format_rfc3339(cred.expires_wall),
+                        seconds_left(cred)
+                    )
+                },
+            ));
+        for email in others {
+            let key = AccessKey::new(Account::Other(email.clone()), default_scopes.clone());
+            runtime = runtime.hold(Pinned::new(key.to_string(), &access, key, move |cred| {
                 format!(
-                    "{identity}: access token for {scopes} expires {} (in {} s)",
+                    "impersonating {email}: access token expires {} (in {} s)",
                     format_rfc3339(cred.expires_wall),
                     seconds_left(cred)
                 )
-            },
-        );
-        Ok(Runtime::new(Gcp::NAME)
-            .surface(Arc::new(surface))
-            .hold(pinned))
+            }));
+        }
+        Ok(runtime)
     }
 }
 

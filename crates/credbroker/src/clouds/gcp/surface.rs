@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::config::GcpConfig;
-use super::keys::{IdFormat, IdKey, ScopeSet};
+use super::keys::{AccessKey, Account, IdFor, IdFormat, IdKey, ScopeSet};
 use super::sts::AccessToken;
 use super::{AccessExchange, IdExchange};
 use crate::exchange::Exchange;
@@ -119,9 +119,9 @@ pub struct MetadataTree {
 
 impl MetadataTree {
     pub fn build(config: &GcpConfig, email: &str, default_scopes: &ScopeSet) -> Self {
-        let account = || {
+        let account_of = |email: &str, aliases: Vec<String>| {
             Node::dir(vec![
-                ("aliases", "aliases", Node::Lines(vec!["default".into()])),
+                ("aliases", "aliases", Node::Lines(aliases)),
                 ("email", "email", Node::Text(email.to_string())),
                 ("identity", "identity", Node::Dynamic),
                 (
@@ -132,6 +132,15 @@ impl MetadataTree {
                 ("token", "token", Node::Dynamic),
             ])
         };
+        let account = || account_of(email, vec!["default".into()]);
+        let mut accounts = vec![
+            ("default".to_string(), "default".to_string(), account()),
+            (email.to_string(), email.to_string(), account()),
+        ];
+        for other in &config.others {
+            let e = other.email.clone();
+            accounts.push((e.clone(), e.clone(), account_of(&e, Vec::new())));
+        }
         let number = &config.provider.project_number;
         let mut project = Vec::new();
         if let Ok(n) = number.parse::<u64>() {
@@ -157,14 +166,7 @@ impl MetadataTree {
             ("hostname", "hostname", Node::Text(i.hostname.clone())),
             ("id", "id", Node::Number(i.id)),
             ("name", "name", Node::Text(i.name.clone())),
-            (
-                "service-accounts",
-                "serviceAccounts",
-                Node::Dir(vec![
-                    ("default".into(), "default".into(), account()),
-                    (email.to_string(), email.to_string(), account()),
-                ]),
-            ),
+            ("service-accounts", "serviceAccounts", Node::Dir(accounts)),
         ];
         if let Some(zone) = &i.zone {
             instance.push((
@@ -199,15 +201,19 @@ impl MetadataTree {
 /// The metadata surface. Generic over the exchangers so tests drive it with fakes.
 pub struct MetadataSurface<A = AccessExchange, I = IdExchange>
 where
-    A: Exchange<ScopeSet, Credential = AccessToken>,
-    I: Exchange<IdKey, Credential = Secret>,
+    A: Exchange<AccessKey, Credential = AccessToken>,
+    I: Exchange<IdFor, Credential = Secret>,
 {
-    pub access: Cache<ScopeSet, A>,
+    pub access: Cache<AccessKey, A>,
     pub default_scopes: ScopeSet,
-    /// `None` in direct federation: there is no service account to mint ID tokens for.
-    pub ids: Option<Cache<IdKey, I>>,
+    /// `None` when no account is impersonated: there is no service account to mint ID tokens for.
+    pub ids: Option<Cache<IdFor, I>>,
+    /// Whether the default account is impersonated (direct federation has no ID tokens).
+    pub default_impersonated: bool,
     pub tree: MetadataTree,
     pub email: String,
+    /// The other service accounts' emails.
+    pub others: Vec<Arc<str>>,
     /// The projected token, for the Kubernetes service account named in errors.
     pub ksa: Option<Arc<TokenSource>>,
 }
@@ -327,8 +333,8 @@ impl Query {
 
 impl<A, I> MetadataSurface<A, I>
 where
-    A: Exchange<ScopeSet, Credential = AccessToken>,
-    I: Exchange<IdKey, Credential = Secret>,
+    A: Exchange<AccessKey, Credential = AccessToken>,
+    I: Exchange<IdFor, Credential = Secret>,
 {
     async fn serve(&self, req: &Parts) -> Resp {
         if req.method != Method::GET && req.method != Method::HEAD {
@@ -367,14 +373,14 @@ where
             );
         }
         let rel = rest.trim_start_matches('/');
-        if let Some((account, leaf)) = rel
+        if let Some((name, leaf)) = rel
             .strip_prefix("instance/service-accounts/")
             .and_then(|r| r.split_once('/'))
-            && (account == "default" || account == self.email)
+            && let Some(account) = self.account(name)
         {
             match leaf {
-                "token" => return self.token(&q).await,
-                "identity" => return self.identity(&q).await,
+                "token" => return self.token(account, &q).await,
+                "identity" => return self.identity(account, &q).await,
                 _ => {}
             }
         }
@@ -398,13 +404,29 @@ where
         }
     }
 
-    async fn token(&self, q: &Query) -> Resp {
+    /// The account a path segment names: `default` and the configuration's own email are the
+    /// default account; the others by their email.
+    fn account(&self, name: &str) -> Option<Account> {
+        if name == "default" || name == self.email {
+            return Some(Account::Default);
+        }
+        self.others
+            .iter()
+            .find(|e| &***e == name)
+            .map(|e| Account::Other(e.clone()))
+    }
+
+    async fn token(&self, account: Account, q: &Query) -> Resp {
         let asked = match ScopeSet::parse(q.scopes.as_deref()) {
             Ok(s) => s,
             Err(why) => return error(400, &why),
         };
-        let scopes = asked.as_ref().unwrap_or(&self.default_scopes);
-        match self.access.get(scopes, WAIT).await {
+        let scopes = asked.unwrap_or_else(|| self.default_scopes.clone());
+        match self
+            .access
+            .get(&AccessKey::new(account, scopes), WAIT)
+            .await
+        {
             Ok(cred) => {
                 // The remaining lifetime now, never 0 (Go rejects 0; the cache never serves
                 // a token with under 5 s left).
@@ -419,8 +441,9 @@ where
         }
     }
 
-    async fn identity(&self, q: &Query) -> Resp {
-        let Some(ids) = &self.ids else {
+    async fn identity(&self, account: Account, q: &Query) -> Resp {
+        let direct = account == Account::Default && !self.default_impersonated;
+        let Some(ids) = self.ids.as_ref().filter(|_| !direct) else {
             let ksa = self
                 .ksa
                 .as_ref()
@@ -444,7 +467,7 @@ where
             Ok(k) => k,
             Err(why) => return error(400, &why),
         };
-        match ids.get(&key, WAIT).await {
+        match ids.get(&IdFor { account, id: key }, WAIT).await {
             Ok(cred) => text(200, wiped(cred.value.expose().as_bytes().to_vec())),
             Err(u) => unavailable(&u),
         }
@@ -453,8 +476,8 @@ where
 
 impl<A, I> Surface for MetadataSurface<A, I>
 where
-    A: Exchange<ScopeSet, Credential = AccessToken>,
-    I: Exchange<IdKey, Credential = Secret>,
+    A: Exchange<AccessKey, Credential = AccessToken>,
+    I: Exchange<IdFor, Credential = Secret>,
 {
     fn name(&self) -> &'static str {
         "gcp-metadata"

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::time::{Instant, advance, sleep};
 
-use super::keys::{IdKey, ScopeSet};
+use super::keys::{AccessKey, Account, IdFor, ScopeSet};
 use super::sts::AccessToken;
 use super::surface::{MetadataSurface, MetadataTree, WAIT};
 use super::{Gcp, GcpConfig, ID_TOKEN_REUSE, id_policy};
@@ -48,10 +48,10 @@ impl FakeAccess {
     }
 }
 
-impl Exchange<ScopeSet> for FakeAccess {
+impl Exchange<AccessKey> for FakeAccess {
     type Credential = AccessToken;
 
-    async fn exchange(&self, key: &ScopeSet) -> Result<Fresh<AccessToken>, ExchangeError> {
+    async fn exchange(&self, key: &AccessKey) -> Result<Fresh<AccessToken>, ExchangeError> {
         sleep(self.delay).await;
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         *self.per_key.lock().entry(key.to_string()).or_default() += 1;
@@ -75,13 +75,19 @@ struct FakeId {
     calls: AtomicUsize,
 }
 
-impl Exchange<IdKey> for FakeId {
+impl Exchange<IdFor> for FakeId {
     type Credential = Secret;
 
-    async fn exchange(&self, key: &IdKey) -> Result<Fresh<Secret>, ExchangeError> {
+    async fn exchange(&self, key: &IdFor) -> Result<Fresh<Secret>, ExchangeError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         let exp = self.clock.unix_secs() + 3600;
-        let token = crate::token::jwt::fake_jwt(&json!({"aud": key.audience, "exp": exp, "n": n}));
+        let who = match &key.account {
+            Account::Default => "default".to_string(),
+            Account::Other(email) => email.to_string(),
+        };
+        let token = crate::token::jwt::fake_jwt(
+            &json!({"aud": key.id.audience, "exp": exp, "n": n, "sa": who}),
+        );
         // What IdExchange does with the real token: reuse only while young.
         let until = (self.clock.wall() + ID_TOKEN_REUSE).min(crate::clock::from_unix(exp));
         Ok(Fresh {
@@ -93,8 +99,10 @@ impl Exchange<IdKey> for FakeId {
 
 const AUD: &str = "//iam.googleapis.com/projects/314159/locations/global/workloadIdentityPools/pool/providers/k8s";
 const EMAIL: &str = "app@my-project.iam.gserviceaccount.com";
+/// A second service account impersonated with the same federated token.
+const OTHER: &str = "reports@my-project.iam.gserviceaccount.com";
 
-fn config(impersonate: bool) -> GcpConfig {
+fn config(impersonate: bool, others: &[&str]) -> GcpConfig {
     let mut doc = json!({
         "type": "external_account",
         "audience": AUD,
@@ -114,6 +122,7 @@ fn config(impersonate: bool) -> GcpConfig {
         gcp_instance_name: Some("app-5d8c".into()),
         gcp_instance_id: Some(4_242_424_242_424_242_424),
         gcp_instance_hostname: None,
+        gcp_service_account: others.iter().map(|o| o.to_string()).collect(),
     };
     GcpConfig::from_json(&doc, &Env::default(), &flags).unwrap()
 }
@@ -124,6 +133,11 @@ struct Rig {
 
 impl Rig {
     fn new(impersonate: bool, life: Duration, delay: Duration) -> Rig {
+        Self::with_others(impersonate, &[], life, delay)
+    }
+
+    /// With other service accounts (`--gcp-service-account`).
+    fn with_others(impersonate: bool, others: &[&str], life: Duration, delay: Duration) -> Rig {
         let clock: Arc<dyn Clock> = Arc::new(TokioClock::now_wall());
         let metrics = Arc::new(Metrics::new());
         let access = Gcp::cache_builder(FakeAccess::new(clock.clone(), life, delay))
@@ -131,8 +145,8 @@ impl Rig {
             .metrics(metrics.clone())
             .build();
         let default_scopes = ScopeSet::default_set();
-        access.pin(default_scopes.clone());
-        let ids = impersonate.then(|| {
+        access.pin(AccessKey::new(Account::Default, default_scopes.clone()));
+        let ids = (impersonate || !others.is_empty()).then(|| {
             Gcp::cache_builder(FakeId {
                 clock: clock.clone(),
                 calls: AtomicUsize::new(0),
@@ -142,7 +156,7 @@ impl Rig {
             .metrics(metrics.clone())
             .build()
         });
-        let cfg = config(impersonate);
+        let cfg = config(impersonate, others);
         let email = cfg.email();
         Rig {
             surface: Arc::new(MetadataSurface {
@@ -150,7 +164,13 @@ impl Rig {
                 tree: MetadataTree::build(&cfg, &email, &default_scopes),
                 default_scopes,
                 ids,
+                default_impersonated: impersonate,
                 email,
+                others: cfg
+                    .others
+                    .iter()
+                    .map(|o| Arc::<str>::from(o.email.as_str()))
+                    .collect(),
                 ksa: None,
             }),
         }
@@ -572,4 +592,55 @@ async fn direct_federation_has_no_identity() {
         "no GOOGLE_CLOUD_PROJECT and no service account: not defined"
     );
     rig.token("").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_service_accounts_are_listed_and_served_under_their_email() {
+    for impersonate in [true, false] {
+        let rig = Rig::with_others(impersonate, &[OTHER], HOUR, FAST);
+        let (status, _, listing) = rig.md("instance/service-accounts/").await;
+        assert_eq!(status, 200);
+        assert!(listing.lines().any(|l| l == "default/"), "{listing}");
+        assert!(
+            listing.lines().any(|l| l == format!("{OTHER}/")),
+            "{listing}"
+        );
+        for leaf in ["email", "scopes", "aliases"] {
+            let (status, _, _) = rig
+                .md(&format!("instance/service-accounts/{OTHER}/{leaf}"))
+                .await;
+            assert_eq!(status, 200, "{leaf}");
+        }
+        let (_, _, email) = rig
+            .md(&format!("instance/service-accounts/{OTHER}/email"))
+            .await;
+        assert_eq!(email, OTHER);
+        let default = rig.token("").await["access_token"].clone();
+        let (status, _, body) = rig
+            .md(&format!("instance/service-accounts/{OTHER}/token"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let other: Value = serde_json::from_str(&body).unwrap();
+        assert_ne!(other["access_token"], default);
+        assert!(other["access_token"].as_str().unwrap().contains(OTHER));
+        // Its ID tokens are minted for it, even in direct federation (it is impersonated).
+        let (status, _, jwt) = rig
+            .md(&format!(
+                "instance/service-accounts/{OTHER}/identity?audience=https://svc"
+            ))
+            .await;
+        assert_eq!(status, 200, "{jwt}");
+        let payload = jwt.split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["sa"], OTHER);
+        // An email the sidecar does not hold is GCE's 404.
+        let (status, _, _) = rig
+            .md("instance/service-accounts/nobody@my-project.iam.gserviceaccount.com/token")
+            .await;
+        assert_eq!(status, 404);
+    }
 }

@@ -2,7 +2,7 @@
 //! (`credbroker.io/oci: "true"`): OKE workload identity needs no identity annotation (the
 //! policy names the namespace and ServiceAccount), only the region and the API server's token.
 
-use crate::inject::part::{Account, EnvValue, PodPart, ProjectedToken, Refusal, SHARED_DIR};
+use crate::inject::part::{EnvValue, PodPart, ProjectedToken, Refusal, SHARED_DIR, ServiceAccount};
 
 pub const ENABLED: &str = "credbroker.io/oci";
 
@@ -15,7 +15,7 @@ pub struct InjectFlags {
     pub oci_region: Option<String>,
 }
 
-pub fn part(sa: &Account, flags: &InjectFlags) -> Result<Option<PodPart>, Refusal> {
+pub fn part(sa: &ServiceAccount, flags: &InjectFlags) -> Result<Option<PodPart>, Refusal> {
     match sa.annotation(ENABLED) {
         None | Some("false") => return Ok(None),
         Some("true") => {}

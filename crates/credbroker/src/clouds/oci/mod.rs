@@ -26,7 +26,7 @@ use crate::clock::from_unix;
 use crate::config::{ConfigError, Env};
 use crate::exchange::{Exchange, ExchangeError, Fresh};
 use crate::http::client::{ClientOptions, build_client, load_pem_certs, tls_config};
-use crate::inject::part::{Account, PodPart, Refusal};
+use crate::inject::part::{PodPart, Refusal, ServiceAccount};
 use crate::refresh::{NotReady, Slot};
 use crate::timefmt::format_rfc3339;
 
@@ -52,7 +52,10 @@ impl Cloud for Oci {
     const IDENTITY_ANNOTATION: &'static str = inject::ENABLED;
     type InjectFlags = inject::InjectFlags;
 
-    fn inject(sa: &Account, flags: &inject::InjectFlags) -> Result<Option<PodPart>, Refusal> {
+    fn inject(
+        sa: &ServiceAccount,
+        flags: &inject::InjectFlags,
+    ) -> Result<Option<PodPart>, Refusal> {
         inject::part(sa, flags)
     }
 }
