@@ -36,6 +36,9 @@ pub const SIDECAR: &str = "credbroker";
 pub const INJECTED: &str = "credbroker.io/injected";
 /// Pod annotation naming containers whose environment is left alone.
 pub const SKIP_CONTAINERS: &str = "credbroker.io/skip-containers";
+/// Pod annotation giving a container one of the named identities instead of the default
+/// (`worker=writer,web=reader`): the variables `credbroker env` lists for that identity.
+pub const CONTAINER_IDENTITIES: &str = "credbroker.io/container-identities";
 /// The in-memory volume the sidecar writes into and the applications read (read-only).
 const SHARED_VOLUME: &str = "credbroker-shared";
 /// The ops port the probes use (the sidecar's default `--ops-listen`).
@@ -132,6 +135,16 @@ pub fn patch(pod: &Pod, parts: &Parts, sidecar: &Sidecar) -> Result<Patch, Refus
     // has not started) and are left alone.
     let skip = skipped(pod);
     let exports = exports(&app_envs);
+    let chosen = container_identities(pod, &app_envs)?;
+    let exports_for = |name: &str| -> Vec<EnvVar> {
+        match chosen.get(name) {
+            Some(over) => exports
+                .iter()
+                .map(|e| over.iter().find(|o| o.name == e.name).unwrap_or(e).clone())
+                .collect(),
+            None => exports.clone(),
+        }
+    };
     let forbidden: Vec<&str> = app_envs.iter().flat_map(|e| e.forbidden.clone()).collect();
     let before = sidecar_at.unwrap_or(0);
     for (i, c) in inits.iter().enumerate() {
@@ -149,7 +162,14 @@ pub fn patch(pod: &Pod, parts: &Parts, sidecar: &Sidecar) -> Result<Patch, Refus
     }
     for (i, c) in spec.containers.iter().enumerate() {
         if !skip.contains(&c.name.as_str()) {
-            app_ops(&mut ops, "containers", i, c, &exports, &forbidden);
+            app_ops(
+                &mut ops,
+                "containers",
+                i,
+                c,
+                &exports_for(&c.name),
+                &forbidden,
+            );
         }
     }
     Ok(Patch(ops))
@@ -219,6 +239,8 @@ fn common_settings() -> Vec<(String, String)> {
 struct AppEnvRefs {
     exports: Vec<(String, EnvValue)>,
     forbidden: Vec<&'static str>,
+    /// Each named identity's variables, by identity name.
+    identities: Vec<(String, Vec<(String, String)>)>,
 }
 
 impl AppEnvRefs {
@@ -237,6 +259,11 @@ impl AppEnvRefs {
         AppEnvRefs {
             exports,
             forbidden: env.forbidden,
+            identities: env
+                .identities
+                .into_iter()
+                .map(|i| (i.name, i.exports))
+                .collect(),
         }
     }
 }
@@ -296,6 +323,46 @@ fn app_ops(
             ops.push(add(&["spec", list, &index, "volumeMounts", "-"], mount));
         }
     }
+}
+
+/// The containers `credbroker.io/container-identities` gives a named identity, with that
+/// identity's variables; a name no cloud has (or one selected only in code) is refused.
+fn container_identities(
+    pod: &Pod,
+    envs: &[AppEnvRefs],
+) -> Result<BTreeMap<String, Vec<EnvVar>>, Refusal> {
+    let mut out = BTreeMap::new();
+    let Some(value) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CONTAINER_IDENTITIES))
+    else {
+        return Ok(out);
+    };
+    for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (container, identity) = pair.split_once('=').ok_or_else(|| {
+            Refusal(format!(
+                "annotation {CONTAINER_IDENTITIES}: {pair:?} is not CONTAINER=IDENTITY"
+            ))
+        })?;
+        let vars = envs
+            .iter()
+            .flat_map(|e| e.identities.iter())
+            .find(|(name, vars)| name == identity.trim() && !vars.is_empty())
+            .map(|(_, vars)| vars)
+            .ok_or_else(|| {
+                Refusal(format!(
+                    "annotation {CONTAINER_IDENTITIES}: no identity {identity:?} a container can select by its environment (its ServiceAccount names the identities)"
+                ))
+            })?;
+        let vars = vars
+            .iter()
+            .map(|(k, v)| env_var(k, &EnvValue::Text(v.clone())))
+            .collect();
+        out.insert(container.trim().to_string(), vars);
+    }
+    Ok(out)
 }
 
 fn skipped(pod: &Pod) -> Vec<&str> {

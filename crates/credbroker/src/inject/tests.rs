@@ -65,6 +65,31 @@ fn webhook() -> Webhook<Held> {
         ("team/oci".to_string(), annotations(&[OCI])),
         ("team/all".to_string(), annotations(&[AWS, AZURE, GCP, OCI])),
         ("team/plain".to_string(), annotations(&[("team", "x")])),
+        (
+            "team/multi".to_string(),
+            annotations(&[
+                AWS,
+                (
+                    "credbroker.io/aws-roles",
+                    "reader=arn:aws:iam::123456789012:role/reader",
+                ),
+                (
+                    "credbroker.io/aws-chained-roles",
+                    "audit=arn:aws:iam::210987654321:role/audit@reader",
+                ),
+                ("credbroker.io/aws-role-options", "audit:external-id=ext-1"),
+                AZURE,
+                (
+                    "credbroker.io/azure-identities",
+                    "0b6c1f4e-2d3a-4b5c-8d9e-0f1a2b3c4d5e",
+                ),
+                GCP,
+                (
+                    "credbroker.io/gcp-service-accounts",
+                    "reports@my-project.iam.gserviceaccount.com",
+                ),
+            ]),
+        ),
     ]));
     let flags = InjectFlags::parse_from([
         "--aws-region",
@@ -336,5 +361,51 @@ async fn malformed_oversized_and_non_pod_reviews_get_error_reviews() {
     assert!(
         text.contains(r#"credbroker_admission_reviews_total{outcome="malformed"} 5"#),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn extra_identities_from_the_service_account_and_a_role_per_container() {
+    let mut p = pod("multi");
+    p["metadata"]["annotations"] = json!({"credbroker.io/container-identities": "logs=audit"});
+    let (response, injected) = admit(p).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    let sidecar = env_of(&injected["spec"]["initContainers"][0]);
+    assert_eq!(
+        sidecar["CREDBROKER_AWS_ROLE"],
+        "reader=arn:aws:iam::123456789012:role/reader"
+    );
+    assert_eq!(
+        sidecar["CREDBROKER_AWS_CHAINED_ROLE"],
+        "audit=arn:aws:iam::210987654321:role/audit@reader"
+    );
+    assert_eq!(
+        sidecar["CREDBROKER_AZURE_IDENTITY"],
+        "0b6c1f4e-2d3a-4b5c-8d9e-0f1a2b3c4d5e"
+    );
+    assert_eq!(
+        sidecar["CREDBROKER_GCP_SERVICE_ACCOUNT"],
+        "reports@my-project.iam.gserviceaccount.com"
+    );
+    let web = env_of(&injected["spec"]["containers"][0]);
+    let logs = env_of(&injected["spec"]["containers"][1]);
+    assert_eq!(
+        web["AWS_CONTAINER_CREDENTIALS_FULL_URI"],
+        "http://127.0.0.1:8189/v1/credentials"
+    );
+    assert_eq!(
+        logs["AWS_CONTAINER_CREDENTIALS_FULL_URI"],
+        "http://127.0.0.1:8189/v1/credentials/audit"
+    );
+    // A bad identity option is the sidecar's configuration error, refused at admission.
+    let mut bad = pod("multi");
+    bad["metadata"]["annotations"] = json!({"credbroker.io/container-identities": "logs=nobody"});
+    let (response, _) = admit(bad).await;
+    assert_eq!(response["allowed"], false);
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nobody")
     );
 }

@@ -10,6 +10,13 @@ pub const ROLE_ARN: &str = "eks.amazonaws.com/role-arn";
 const AUDIENCE: &str = "eks.amazonaws.com/audience";
 const EXPIRATION: &str = "eks.amazonaws.com/token-expiration";
 const REGIONAL: &str = "eks.amazonaws.com/sts-regional-endpoints";
+/// credbroker's own, for what IRSA has no annotation for: more roles, chained roles and their
+/// options, each the value of the sidecar flag (comma-separated), e.g.
+/// `reader=arn:aws:iam::111122223333:role/reader`, `audit=arn:…:role/audit@reader`,
+/// `audit:external-id=X`.
+const ROLES: &str = "credbroker.io/aws-roles";
+const CHAINED_ROLES: &str = "credbroker.io/aws-chained-roles";
+const ROLE_OPTIONS: &str = "credbroker.io/aws-role-options";
 
 /// The IRSA webhook's defaults: audience `sts.amazonaws.com`, a day-long token.
 const DEFAULT_AUDIENCE: &str = "sts.amazonaws.com";
@@ -73,6 +80,15 @@ pub fn part(sa: &ServiceAccount, flags: &InjectFlags) -> Result<Option<PodPart>,
     }
     if let Some(endpoint) = &flags.aws_sts_endpoint {
         part = part.var("AWS_ENDPOINT_URL_STS", EnvValue::text(endpoint));
+    }
+    for (annotation, setting) in [
+        (ROLES, "CREDBROKER_AWS_ROLE"),
+        (CHAINED_ROLES, "CREDBROKER_AWS_CHAINED_ROLE"),
+        (ROLE_OPTIONS, "CREDBROKER_AWS_ROLE_OPTION"),
+    ] {
+        if let Some(value) = sa.annotation(annotation) {
+            part = part.var(setting, EnvValue::text(value));
+        }
     }
     // The application authenticates to /v1/credentials with the pod's UID: both containers get
     // it from the downward API, as the literal value (SDKs that read only that) and the file.

@@ -8,6 +8,10 @@ use crate::inject::token_expiration;
 pub const CLIENT_ID: &str = "azure.workload.identity/client-id";
 const TENANT_ID: &str = "azure.workload.identity/tenant-id";
 const EXPIRATION: &str = "azure.workload.identity/service-account-token-expiration";
+/// credbroker's own (azwi names one identity per ServiceAccount): more managed identities
+/// federated with the same token, the value of `--azure-identity` (comma-separated), e.g.
+/// `CLIENT_ID:object-id=OID`.
+const IDENTITIES: &str = "credbroker.io/azure-identities";
 
 /// Entra's audience for federated credentials, and the azwi webhook's token lifetime.
 const AUDIENCE: &str = "api://AzureADTokenExchange";
@@ -53,6 +57,9 @@ pub fn part(sa: &ServiceAccount, flags: &InjectFlags) -> Result<Option<PodPart>,
         .var("AZURE_FEDERATED_TOKEN_FILE", EnvValue::text(token.path()));
     if let Some(host) = &flags.azure_authority_host {
         part = part.var("AZURE_AUTHORITY_HOST", EnvValue::text(host));
+    }
+    if let Some(others) = sa.annotation(IDENTITIES) {
+        part = part.var("CREDBROKER_AZURE_IDENTITY", EnvValue::text(others));
     }
     // The App Service endpoint's shared header: the pod's UID in both containers.
     Ok(Some(

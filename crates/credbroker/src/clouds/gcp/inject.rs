@@ -10,6 +10,9 @@ use crate::inject::part::{
 };
 
 pub const SERVICE_ACCOUNT: &str = "iam.gke.io/gcp-service-account";
+/// credbroker's own (GKE names one service account): more, impersonated with the same
+/// federated token, comma-separated emails.
+const SERVICE_ACCOUNTS: &str = "credbroker.io/gcp-service-accounts";
 /// The pod annotation that carries the credential configuration to its file.
 const CONFIGURATION_ANNOTATION: &str = "credbroker.io/gcp-credential-configuration";
 
@@ -101,6 +104,9 @@ pub fn part(sa: &ServiceAccount, flags: &InjectFlags) -> Result<Option<PodPart>,
     );
     if let Some(project) = &flags.gcp_project_id {
         part = part.var("GOOGLE_CLOUD_PROJECT", EnvValue::text(project));
+    }
+    if let Some(others) = sa.annotation(SERVICE_ACCOUNTS) {
+        part = part.var("CREDBROKER_GCP_SERVICE_ACCOUNT", EnvValue::text(others));
     }
     Ok(Some(part.token(token).file(file)))
 }
