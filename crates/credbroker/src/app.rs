@@ -209,6 +209,12 @@ pub fn render_env(envs: &[AppEnv]) -> String {
         for note in &e.notes {
             out.push_str(&format!("# {}: note: {note}\n", e.cloud));
         }
+        for id in &e.identities {
+            out.push_str(&format!("# {} identity {}: {}\n", e.cloud, id.name, id.how));
+            for (k, v) in &id.exports {
+                out.push_str(&format!("#   export {k}={}\n", shell_quote(v)));
+            }
+        }
     }
     out
 }

@@ -173,11 +173,28 @@ impl Cloudscape {
 
         let sts = FakeSts::start(issuer.clone(), loopback).await?;
         sts.trust(DEMO_ROLE_ARN, &opts.service_account.subject());
+        sts.trust(
+            sidecar::AWS_READER_ROLE_ARN,
+            &opts.service_account.subject(),
+        );
         let entra =
             FakeEntra::start(issuer.clone(), &opts.service_account.subject(), loopback).await?;
+        entra.add_federated_credential(
+            sidecar::AZURE_SECOND_CLIENT_ID,
+            azure::FederatedCredential {
+                issuer: issuer.url().to_string(),
+                subject: opts.service_account.subject(),
+                audience: ENTRA_AUDIENCE.to_string(),
+            },
+        );
 
         let gcp = FakeGcp::start(issuer.clone(), loopback).await?;
         gcp.trust(DEMO_SERVICE_ACCOUNT, &opts.service_account.subject());
+        gcp.add_service_account(sidecar::GCP_SECOND_SERVICE_ACCOUNT);
+        gcp.trust(
+            sidecar::GCP_SECOND_SERVICE_ACCOUNT,
+            &opts.service_account.subject(),
+        );
         let gcp_dir = state_dir.join("gcp");
         std::fs::create_dir_all(&gcp_dir)?;
         let token_file = gcp_token.path().display().to_string();
@@ -280,6 +297,7 @@ impl Cloudscape {
                 "sts_endpoint": self.sts.url(),
                 "admin": self.sts.admin_url(),
                 "role_arn": DEMO_ROLE_ARN,
+                "reader_role_arn": sidecar::AWS_READER_ROLE_ARN,
                 "region": DEFAULT_REGION,
                 "account": DEMO_ACCOUNT,
             },
@@ -290,6 +308,7 @@ impl Cloudscape {
                 "credentials_file": self.gcp_credentials,
                 "credentials_file_direct": self.gcp_credentials_direct,
                 "service_account": DEMO_SERVICE_ACCOUNT,
+                "second_service_account": sidecar::GCP_SECOND_SERVICE_ACCOUNT,
                 "project_id": DEMO_PROJECT_ID,
                 "project_number": DEMO_PROJECT_NUMBER,
                 "audience": gcp::provider_name(DEMO_PROJECT_NUMBER, gcp::DEMO_POOL, gcp::DEMO_PROVIDER),
@@ -301,6 +320,7 @@ impl Cloudscape {
                 "token_url": self.entra.token_url(),
                 "tenant_id": DEMO_TENANT_ID,
                 "client_id": DEMO_CLIENT_ID,
+                "second_client_id": sidecar::AZURE_SECOND_CLIENT_ID,
                 "audience": ENTRA_AUDIENCE,
                 "admin": self.entra.admin_url(),
             },

@@ -15,6 +15,13 @@ pub const CLOUDS: [&str; 4] = ["aws", "gcp", "azure", "oci"];
 /// The `X-IDENTITY-HEADER` value the Azure sidecar is given (tests send it to `/msi/token`).
 pub const AZURE_IDENTITY_HEADER: &str = "fakecloud-identity-header-0123456789abcdef";
 
+/// Second identities the emulated clouds also trust for the pod's ServiceAccount (several
+/// identities per pod: `--aws-role`, `--azure-identity`, `--gcp-service-account`).
+pub const AWS_READER_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/credbroker-demo-reader";
+pub const AZURE_SECOND_CLIENT_ID: &str = "6c2d8e4f-1a3b-4c5d-9e8f-7a6b5c4d3e2f";
+pub const GCP_SECOND_SERVICE_ACCOUNT: &str =
+    "credbroker-reports@credbroker-demo.iam.gserviceaccount.com";
+
 /// A cloud name the emulators do not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("fakecloud emulates no cloud named {0:?} (it knows {CLOUDS:?})")]
