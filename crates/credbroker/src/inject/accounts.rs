@@ -48,9 +48,11 @@ impl ApiServer {
         let mut config = kube::Config::infer()
             .await
             .map_err(kube::Error::InferConfig)?;
-        config.connect_timeout = Some(timeout);
-        config.read_timeout = Some(timeout);
-        config.write_timeout = Some(timeout);
+        // `timeout` bounds each read as a whole (`get`); the client's own timeouts, were they as
+        // short, would race it and turn "did not answer" into an unexplained client error.
+        config.connect_timeout = None;
+        config.read_timeout = None;
+        config.write_timeout = None;
         Ok(ApiServer {
             client: kube::Client::try_from(config)?,
             timeout,
