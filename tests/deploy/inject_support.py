@@ -16,6 +16,7 @@ import http.client as http_client
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -431,3 +432,82 @@ class PodSandbox:
                 proc.wait()
         self.holder.kill()
         self.holder.wait()
+
+
+# --- what kubelet does for the injected pod -----------------------------------------------------
+
+def pod_field(pod: dict, path: str, uid: str) -> str:
+    """A downward-API field, as kubelet resolves it (the API server assigns the uid)."""
+    meta = pod["metadata"]
+    if path == "metadata.uid":
+        return uid
+    if path in ("metadata.name", "metadata.namespace"):
+        return meta[path.split(".", 1)[1]]
+    if match := re.fullmatch(r"metadata\.annotations\['([^']+)'\]", path):
+        return meta.get("annotations", {})[match.group(1)]
+    raise AssertionError(f"the end-to-end harness does not resolve the downward-API field {path}")
+
+
+def container_env(pod: dict, container: dict, uid: str, service: dict) -> dict[str, str]:
+    """The container's environment as kubelet gives it: its env with downward-API values
+    resolved, and the service variables of the cluster's `kubernetes` Service."""
+    env = dict(service)
+    assert not container.get("envFrom"), f"{container['name']}: envFrom is not resolved here"
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        else:
+            ref = e.get("valueFrom", {}).get("fieldRef")
+            assert ref, f"{container['name']}: {e['name']} has a valueFrom the harness cannot resolve"
+            env[e["name"]] = pod_field(pod, ref["fieldPath"], uid)
+    return env
+
+
+def jwt_audience(token: str):
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("aud")
+
+
+def volume_sources(pod: dict, desc: dict, uid: str, root: Path) -> dict[str, Path]:
+    """Volume name -> a directory with what kubelet would put in it: a projected token is
+    fakecloud's token for that audience (kubelet would mint one), the cluster CA is the CA that
+    signed fakecloud's proxymux, downward-API files are the pod's fields, an emptyDir is empty."""
+    by_audience = {m.AUDIENCE["aws"]: "aws", m.AUDIENCE["azure"]: "azure", desc["gcp"]["audience"]: "gcp"}
+    out = {}
+    for vol in pod["spec"].get("volumes", []):
+        path = root / vol["name"]
+        path.mkdir(parents=True)
+        out[vol["name"]] = path
+        if "emptyDir" in vol:
+            continue
+        if "projected" in vol:
+            sources = vol["projected"]["sources"]
+        elif "downwardAPI" in vol:
+            sources = [{"downwardAPI": vol["downwardAPI"]}]
+        else:
+            raise AssertionError(f"the end-to-end harness does not provide volume {vol['name']}: {vol}")
+        for src in sources:
+            if tok := src.get("serviceAccountToken"):
+                audience = tok.get("audience")
+                cloud = by_audience.get(audience, "oci" if audience is None else None)
+                assert cloud, f"volume {vol['name']} asks for a token for {audience!r}, which no cloud accepts"
+                token = Path(desc["tokens"][cloud])
+                if audience is not None:
+                    aud = jwt_audience(token.read_text())
+                    aud = aud if isinstance(aud, list) else [aud]
+                    # fakecloud mints GCP's for the provider's name with `https:`; STS takes it
+                    # with or without (docs/gcp.md, "Subject JWT checks"), as the projection asks.
+                    assert audience in aud or (cloud == "gcp" and "https:" + audience in aud), \
+                        f"fakecloud's {cloud} token is for {aud}, not {audience}"
+                (path / tok["path"]).symlink_to(token)  # follows fakecloud's `..data` swaps
+            elif cm := src.get("configMap"):
+                assert cm["name"] == "kube-root-ca.crt", f"no ConfigMap {cm['name']} in this cluster"
+                for item in cm["items"]:
+                    assert item["key"] == "ca.crt"
+                    shutil.copy(desc["oci"]["ca_path"], path / item["path"])
+            elif dapi := src.get("downwardAPI"):
+                for item in dapi["items"]:
+                    (path / item["path"]).write_text(pod_field(pod, item["fieldRef"]["fieldPath"], uid))
+            else:
+                raise AssertionError(f"volume {vol['name']}: unsupported projection {src}")
+    return out

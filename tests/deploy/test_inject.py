@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -591,3 +592,236 @@ def test_every_setting_in_the_injector_deployment_is_an_inject_flag(fake, ca, tm
     records = [json.loads(line) for line in out.splitlines()]  # CREDBROKER_LOG_FORMAT=json took effect
     listening = next(r for r in records if r["message"] == "admission webhook listening")
     assert listening["image"] == set_here["CREDBROKER_IMAGE"], listening
+
+
+# --- 4. end to end: the injected pod works --------------------------------------------------------
+
+POD_UID = "5f0c2a7e-3b1d-4e8a-9c6f-7d2e1b0a9c84"  # what the API server would assign
+
+AWS_SDK = """
+import boto3, json
+creds = boto3.Session().get_credentials()
+f = creds.get_frozen_credentials()
+print(json.dumps({"method": creds.method, "access_key": f.access_key, "secret_key": f.secret_key, "token": f.token}))
+"""
+
+GCP_SDK = """
+import json
+import google.auth, google.auth.transport.requests as tr
+creds, project = google.auth.default()
+creds.refresh(tr.Request())
+print(json.dumps({"type": type(creds).__module__ + "." + type(creds).__name__, "project": project,
+                  "token": creds.token, "email": creds.service_account_email}))
+"""
+
+AZURE_SDK = """
+import json
+from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+mi = ManagedIdentityCredential()
+token = mi.get_token("https://storage.azure.com/.default")
+default = DefaultAzureCredential(exclude_cli_credential=True, exclude_powershell_credential=True,
+                                 exclude_developer_cli_credential=True, exclude_visual_studio_code_credential=True)
+via_default = default.get_token("https://vault.azure.net/.default")
+print(json.dumps({"source": type(mi._credential).__name__, "token": token.token,
+                  "default_token": via_default.token}))
+"""
+
+OCI_SDK = """
+import json, oci, requests
+endpoint = {endpoint!r}
+signer = oci.auth.signers.get_resource_principals_signer()
+client = oci.object_storage.ObjectStorageClient({{}}, signer=signer, service_endpoint=endpoint)
+namespace = client.get_namespace().data
+raw = requests.get(endpoint + "/20160918/whoami", auth=signer, timeout=10)
+print(json.dumps({{"namespace": namespace, "tenancy": signer.tenancy_id, "region": signer.region,
+                  "raw_status": raw.status_code, "raw": raw.json()}}))
+"""
+
+
+class RunningPod:
+    """fakecloud, the webhook, and the admitted pod's sidecar in one PodSandbox."""
+
+    def __init__(self, root: Path, ca: s.TestCA):
+        self.root = root
+        self.sandbox = s.PodSandbox(root / "sandbox")
+        sb = self.sandbox
+        # fakecloud, inside the pod's network namespace (the sidecar reaches it on loopback).
+        state, ready = root / "fakecloud", root / "fakecloud" / "ready.json"
+        state.mkdir()
+        fake = sb.popen([str(s.FAKECLOUD), "run", "--state-dir", str(state), "--ready-file", str(ready)],
+                        {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, state / "fakecloud.log")
+        s.wait_for(lambda: ready.exists() or fake.poll() is not None, what="fakecloud ready file")
+        assert fake.poll() is None, (state / "fakecloud.log").read_text()
+        self.desc = json.loads(ready.read_text())
+        # The webhook, with the cloud-wide flags pointing sidecars at fakecloud's upstreams.
+        vol = serving_volume(ca, root / "certs")
+        self.hook = s.start_webhook(root / "webhook", self.desc, vol.path("tls.crt"), vol.path("tls.key"),
+                                    ca.cert, flags=s.webhook_flags(self.desc), wrap=sb.wrap(mount=False))
+        sb.procs.append(self.hook.proc)
+        # The admission, as the API server makes it (HTTPS verified against the CA bundle).
+        self.review = s.fixture("e2e")
+        status, body = sb.http("POST", f"https://{self.hook.webhook_addr}/mutate",
+                               headers={"Content-Type": "application/json"},
+                               data=json.dumps(self.review).encode(), cafile=str(ca.cert))
+        assert status == 200, body
+        self.response = json.loads(body)["response"]
+        assert self.response["allowed"] is True, self.response
+        self.pod = s.apply(self.review["request"]["object"], self.response)
+        spec = self.pod["spec"]
+        self.sidecar = spec["initContainers"][0]
+        self.app = next(c for c in spec["containers"] if c["name"] == "app")
+        # kubelet: volumes, mounts, environment.
+        sources = s.volume_sources(self.pod, self.desc, POD_UID, root / "volumes")
+        self.sidecar_only = self.mount(sources)
+        oci = self.desc["oci"]
+        self.service = {"KUBERNETES_SERVICE_HOST": oci["proxymux_host"],
+                        "KUBERNETES_SERVICE_PORT": "443",
+                        "KUBERNETES_SERVICE_PORT_PROXYMUX": str(oci["proxymux_port"])}
+        # The sidecar: the image's entrypoint (credbroker) with the container's args and env.
+        assert "command" not in self.sidecar
+        home = root / "sidecar-home"
+        home.mkdir()
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(home),
+               **s.container_env(self.pod, self.sidecar, POD_UID, self.service)}
+        self.sidecar_proc = sb.popen([str(m.CREDBROKER), *self.sidecar["args"]], env, root / "sidecar.log")
+        probe = self.sidecar["startupProbe"]["httpGet"]
+        url = f"http://127.0.0.1:{m.port_number(self.sidecar, probe['port'])}{probe['path']}"
+        s.wait_for(lambda: self.sidecar_proc.poll() is not None or sb.http("GET", url, timeout=3)[0] == 200,
+                   timeout=60, interval=0.2, what="the sidecar's startupProbe")
+        assert self.sidecar_proc.poll() is None, self.sidecar_log()
+
+    def mount(self, sources: dict[str, Path]) -> list[str]:
+        """Bind-mounts every volume the sidecar or the app mounts; returns the sidecar's own
+        mount paths (hidden from the app again in its own mount namespace)."""
+        wanted = {}
+        for c in (self.sidecar, self.app):
+            for mt in c.get("volumeMounts", []):
+                prev = wanted.setdefault(mt["mountPath"], mt["name"])
+                assert prev == mt["name"], f"{mt['mountPath']}: two volumes at one path"
+        for path, name in sorted(wanted.items()):
+            self.sandbox.bind(sources[name], path, read_only=False)
+        app_paths = {mt["mountPath"] for mt in self.app.get("volumeMounts", [])}
+        return sorted(set(wanted) - app_paths)
+
+    def sidecar_log(self) -> str:
+        return (self.root / "sidecar.log").read_text(errors="replace")
+
+    def app_env(self) -> dict[str, str]:
+        return s.container_env(self.pod, self.app, POD_UID, self.service)
+
+    def run_in_app(self, code: str, home: Path, *args: str) -> subprocess.Popen:
+        """Python `code` with ONLY the application container's environment (and PATH, HOME), in
+        the app's own mount namespace: the sidecar's volumes unmounted, its own read-only."""
+        q = shlex.quote
+        script = " && ".join(
+            [f"umount {q(p)}" for p in reversed(self.sidecar_only)]
+            + [f"mount -o remount,bind,ro {q(mt['mountPath'])}" for mt in self.app.get("volumeMounts", [])
+               if mt.get("readOnly")]
+            + ['exec "$@"'])
+        env = s.conformance.app_subprocess_env(self.app_env(), home)
+        cmd = [*self.sandbox.wrap(), "unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+               sys.executable, "-c", code, *args]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def log(self, cloud: str) -> list[dict]:
+        status, body = self.sandbox.http("GET", self.desc[cloud]["admin"] + "/log")
+        assert status == 200, body
+        return json.loads(body)
+
+    def close(self) -> None:
+        self.sandbox.close()
+
+
+@pytest.fixture(scope="module")
+def running_pod(ca, tmp_path_factory):
+    pod = RunningPod(tmp_path_factory.mktemp("e2e"), ca)
+    yield pod
+    pod.close()
+
+
+@pytest.fixture(scope="module")
+def sdk_results(running_pod, tmp_path_factory):
+    """Each cloud's SDK, run at once, in the application container."""
+    programs = {"aws": AWS_SDK, "gcp": GCP_SDK, "azure": AZURE_SDK,
+                "oci": OCI_SDK.format(endpoint=running_pod.desc["oci_api"]["endpoint"])}
+    procs = {cloud: running_pod.run_in_app(code, tmp_path_factory.mktemp(f"app-{cloud}"))
+             for cloud, code in programs.items()}
+    results = {}
+    for cloud, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        results[cloud] = (proc.returncode, out, err)
+    return results
+
+
+def sdk_result(sdk_results, cloud):
+    code, out, err = sdk_results[cloud]
+    assert code == 0, f"{cloud} SDK exited {code}\nstdout: {out}\nstderr: {err}"
+    return json.loads(out.strip().splitlines()[-1])
+
+
+APP_VIEW = """
+import json, os, sys
+paths = sys.argv[1:]
+print(json.dumps({"visible": {p: sorted(os.listdir(p)) for p in paths if os.path.isdir(p) and os.listdir(p)},
+                  "shared": sorted(os.listdir("/var/run/credbroker")),
+                  "shared_writable": os.access("/var/run/credbroker", os.W_OK)}))
+"""
+
+
+def test_e2e_pod_is_the_injected_one(running_pod, tmp_path):
+    pod = running_pod.pod
+    for version in K8S_VERSIONS:
+        validate_strict(pod, version)
+    for check in INJECTED_POD_CHECKS + INJECT_CHECKS:
+        check(s.as_documents(pod), set(m.CLOUDS))
+    env = running_pod.app_env()
+    assert env["AWS_CONTAINER_AUTHORIZATION_TOKEN"] == env["IDENTITY_HEADER"] == POD_UID
+    # The application's view: none of the sidecar's token or configuration files, the shared
+    # files read-only.
+    assert running_pod.sidecar_only, "the sidecar mounts nothing of its own"
+    proc = running_pod.run_in_app(APP_VIEW, tmp_path, *running_pod.sidecar_only)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    view = json.loads(out)
+    assert view == {"visible": {}, "shared": ["aws-auth-token", "oci"], "shared_writable": False}, view
+
+
+def test_e2e_aws_boto3_gets_what_sts_issued(running_pod, sdk_results):
+    got = sdk_result(sdk_results, "aws")
+    assert got["method"] == "container-role"
+    issued = [r for r in running_pod.log("aws") if r.get("outcome") == "issued"]
+    assert issued, "the fake STS issued nothing"
+    creds = issued[-1]["credentials"]
+    assert (got["access_key"], got["secret_key"], got["token"]) == \
+        (creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"])
+
+
+def test_e2e_gcp_google_auth_gets_what_iam_issued(running_pod, sdk_results):
+    got = sdk_result(sdk_results, "gcp")
+    gcp = running_pod.desc["gcp"]
+    assert got["type"] == "google.auth.compute_engine.credentials.Credentials"
+    assert got["project"] == gcp["project_id"] and got["email"] == gcp["service_account"]
+    issued = {r["token"]: r for r in running_pod.log("gcp")
+              if r.get("outcome") == "issued" and r.get("api") == "generateAccessToken"}
+    assert got["token"] in issued, "google-auth's token is not one IAM Credentials issued"
+    assert issued[got["token"]]["service_account"] == gcp["service_account"]
+
+
+def test_e2e_azure_identity_gets_what_entra_issued(running_pod, sdk_results):
+    got = sdk_result(sdk_results, "azure")
+    issued = {r["access_token"]: r for r in running_pod.log("azure") if r.get("outcome") == "issued"}
+    assert got["token"] in issued and got["default_token"] in issued, (got, list(issued.values()))
+    assert issued[got["token"]]["scope"].startswith("https://storage.azure.com")
+    assert issued[got["default_token"]]["scope"].startswith("https://vault.azure.net")
+
+
+def test_e2e_oci_sdk_signs_with_what_proxymux_issued(running_pod, sdk_results):
+    got = sdk_result(sdk_results, "oci")
+    oci = running_pod.desc["oci"]
+    assert got["namespace"] == "credbrokerdemo" and got["tenancy"] == oci["tenancy"]
+    assert got["region"] == oci["region"]
+    assert got["raw_status"] == 200 and got["raw"]["authenticated"] is True
+    issued = {r["rpst_sha256"] for r in running_pod.log("oci") if r.get("outcome") == "issued"}
+    calls = running_pod.log("oci_api")[-2:]
+    assert [r["outcome"] for r in calls] == ["ok", "ok"], calls
+    assert {r["rpst_sha256"] for r in calls} <= issued
