@@ -468,10 +468,13 @@ def jwt_audience(token: str):
     return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("aud")
 
 
-def volume_sources(pod: dict, desc: dict, uid: str, root: Path) -> dict[str, Path]:
+def volume_sources(pod: dict, desc: dict, uid: str, root: Path, tokens: str) -> dict[str, Path]:
     """Volume name -> a directory with what kubelet would put in it: a projected token is
-    fakecloud's token for that audience (kubelet would mint one), the cluster CA is the CA that
-    signed fakecloud's proxymux, downward-API files are the pod's fields, an emptyDir is empty."""
+    fakecloud's token for that audience (kubelet would mint one; here a link to `tokens`/CLOUD/
+    token, where the pod sees fakecloud's token directories), the cluster CA is the CA that
+    signed fakecloud's proxymux, downward-API files are the pod's fields, an emptyDir is empty,
+    group-owned by the pod's fsGroup and setgid (kubelet's SetVolumeOwnership)."""
+    fs_group = pod["spec"].get("securityContext", {}).get("fsGroup")
     by_audience = {m.AUDIENCE["aws"]: "aws", m.AUDIENCE["azure"]: "azure", desc["gcp"]["audience"]: "gcp"}
     out = {}
     for vol in pod["spec"].get("volumes", []):
@@ -479,6 +482,9 @@ def volume_sources(pod: dict, desc: dict, uid: str, root: Path) -> dict[str, Pat
         path.mkdir(parents=True)
         out[vol["name"]] = path
         if "emptyDir" in vol:
+            if fs_group is not None:
+                os.chown(path, 0, fs_group)
+            path.chmod(0o2777 if fs_group is not None else 0o777)
             continue
         if "projected" in vol:
             sources = vol["projected"]["sources"]
@@ -499,7 +505,7 @@ def volume_sources(pod: dict, desc: dict, uid: str, root: Path) -> dict[str, Pat
                     # with or without (docs/gcp.md, "Subject JWT checks"), as the projection asks.
                     assert audience in aud or (cloud == "gcp" and "https:" + audience in aud), \
                         f"fakecloud's {cloud} token is for {aud}, not {audience}"
-                (path / tok["path"]).symlink_to(token)  # follows fakecloud's `..data` swaps
+                (path / tok["path"]).symlink_to(f"{tokens}/{cloud}/token")  # follows fakecloud's `..data` swaps
             elif cm := src.get("configMap"):
                 assert cm["name"] == "kube-root-ca.crt", f"no ConfigMap {cm['name']} in this cluster"
                 for item in cm["items"]:
@@ -511,3 +517,43 @@ def volume_sources(pod: dict, desc: dict, uid: str, root: Path) -> dict[str, Pat
             else:
                 raise AssertionError(f"volume {vol['name']}: unsupported projection {src}")
     return out
+
+
+def run_as(pod: dict, container: dict, image_user: int = 0) -> tuple[int, int, list[int]]:
+    """(uid, gid, supplementary groups) kubelet gives the container: its securityContext, else
+    the pod's, else the image's user; fsGroup and supplementalGroups as extra groups."""
+    own, pod_sc = container.get("securityContext", {}), pod["spec"].get("securityContext", {})
+    uid = own.get("runAsUser", pod_sc.get("runAsUser", image_user))
+    gid = own.get("runAsGroup", pod_sc.get("runAsGroup", image_user))
+    groups = ([pod_sc["fsGroup"]] if "fsGroup" in pod_sc else []) + pod_sc.get("supplementalGroups", [])
+    return uid, gid, groups
+
+
+def setpriv(uid: int, gid: int, groups: list[int]) -> list[str]:
+    """The command prefix that drops to a container's user: no capabilities, no_new_privs
+    (allowPrivilegeEscalation: false)."""
+    exe = require_tool("setpriv", "apt-get install util-linux")
+    return [exe, f"--reuid={uid}", f"--regid={gid}", f"--groups={','.join(map(str, groups or [gid]))}",
+            "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
+
+
+def expose_script(paths: list[Path], stash: str) -> list[str]:
+    """Shell commands (for a private mount namespace) that make `paths` reachable by any user
+    where an ancestor directory is not (a root-only HOME holding the Python interpreter): each
+    path is bind-mounted aside, a tmpfs covers the closed ancestor, the path is bound back."""
+    q = shlex.quote
+    closed: dict[Path, list[Path]] = {}
+    for path in paths:
+        for ancestor in [*reversed(path.parents), path]:
+            if not os.stat(ancestor).st_mode & 0o001:
+                closed.setdefault(ancestor, []).append(path)
+                break
+    cmds, n = [], 0
+    for ancestor, inside in closed.items():
+        for path in inside:
+            n += 1
+            cmds += [f"mkdir -p {stash}/{n}", f"mount --bind {q(str(path))} {stash}/{n}"]
+        cmds.append(f"mount -t tmpfs -o mode=0755 exposed {q(str(ancestor))}")
+        for i, path in enumerate(inside, start=n - len(inside) + 1):
+            cmds += [f"mkdir -p {q(str(path))}", f"mount --bind {stash}/{i} {q(str(path))}"]
+    return cmds

@@ -597,6 +597,8 @@ def test_every_setting_in_the_injector_deployment_is_an_inject_flag(fake, ca, tm
 # --- 4. end to end: the injected pod works --------------------------------------------------------
 
 POD_UID = "5f0c2a7e-3b1d-4e8a-9c6f-7d2e1b0a9c84"  # what the API server would assign
+TOKENS = "/var/run/fakecloud-tokens"  # fakecloud's token directories, in the pod's namespace
+IMAGE_BIN = "/var/run/image/usr/local/bin"  # the image's credbroker, in the pod's namespace
 
 AWS_SDK = """
 import boto3, json
@@ -670,20 +672,25 @@ class RunningPod:
         spec = self.pod["spec"]
         self.sidecar = spec["initContainers"][0]
         self.app = next(c for c in spec["containers"] if c["name"] == "app")
-        # kubelet: volumes, mounts, environment.
-        sources = s.volume_sources(self.pod, self.desc, POD_UID, root / "volumes")
+        # kubelet: volumes, mounts, environment. fakecloud's token directories are where the
+        # pod's projected tokens link to.
+        sb.bind(Path(self.desc["tokens"]["aws"]).parent.parent, TOKENS, read_only=True)
+        sources = s.volume_sources(self.pod, self.desc, POD_UID, root / "volumes", TOKENS)
         self.sidecar_only = self.mount(sources)
         oci = self.desc["oci"]
         self.service = {"KUBERNETES_SERVICE_HOST": oci["proxymux_host"],
                         "KUBERNETES_SERVICE_PORT": "443",
                         "KUBERNETES_SERVICE_PORT_PROXYMUX": str(oci["proxymux_port"])}
-        # The sidecar: the image's entrypoint (credbroker) with the container's args and env.
+        # The sidecar: the image's entrypoint (credbroker) with the container's args and env, as
+        # its user (the image's 65532, no capabilities, no privilege escalation).
         assert "command" not in self.sidecar
-        home = root / "sidecar-home"
-        home.mkdir()
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(home),
+        sb.sh(f"mkdir -p {IMAGE_BIN} && touch {IMAGE_BIN}/credbroker && "
+              f"mount --bind {shlex.quote(str(m.CREDBROKER))} {IMAGE_BIN}/credbroker")
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/home/nonroot",
                **s.container_env(self.pod, self.sidecar, POD_UID, self.service)}
-        self.sidecar_proc = sb.popen([str(m.CREDBROKER), *self.sidecar["args"]], env, root / "sidecar.log")
+        user = s.run_as(self.pod, self.sidecar, image_user=65532)
+        self.sidecar_proc = sb.popen([*s.setpriv(*user), f"{IMAGE_BIN}/credbroker", *self.sidecar["args"]],
+                                     env, root / "sidecar.log")
         probe = self.sidecar["startupProbe"]["httpGet"]
         url = f"http://127.0.0.1:{m.port_number(self.sidecar, probe['port'])}{probe['path']}"
         s.wait_for(lambda: self.sidecar_proc.poll() is not None or sb.http("GET", url, timeout=3)[0] == 200,
@@ -709,18 +716,23 @@ class RunningPod:
     def app_env(self) -> dict[str, str]:
         return s.container_env(self.pod, self.app, POD_UID, self.service)
 
-    def run_in_app(self, code: str, home: Path, *args: str) -> subprocess.Popen:
-        """Python `code` with ONLY the application container's environment (and PATH, HOME), in
-        the app's own mount namespace: the sidecar's volumes unmounted, its own read-only."""
+    def run_in_app(self, code: str, *args: str) -> subprocess.Popen:
+        """Python `code` with ONLY the application container's environment (and PATH, HOME), as
+        the application's user, in the app's own mount namespace: the sidecar's volumes
+        unmounted, its own read-only, the Python interpreter reachable by that user."""
         q = shlex.quote
+        uid, gid, groups = s.run_as(self.pod, self.app)
+        home = f"/var/run/app-home/{uuid.uuid4().hex}"
         script = " && ".join(
             [f"umount {q(p)}" for p in reversed(self.sidecar_only)]
             + [f"mount -o remount,bind,ro {q(mt['mountPath'])}" for mt in self.app.get("volumeMounts", [])
                if mt.get("readOnly")]
-            + ['exec "$@"'])
-        env = s.conformance.app_subprocess_env(self.app_env(), home)
+            + s.expose_script([Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()],
+                              f"/var/run/exposed/{uuid.uuid4().hex}")
+            + [f"mkdir -p {home}", f"chown {uid}:{gid} {home}", 'exec "$@"'])
+        env = s.conformance.app_subprocess_env(self.app_env(), Path(home))
         cmd = [*self.sandbox.wrap(), "unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-               sys.executable, "-c", code, *args]
+               *s.setpriv(uid, gid, groups), sys.executable, "-c", code, *args]
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def log(self, cloud: str) -> list[dict]:
@@ -740,12 +752,11 @@ def running_pod(ca, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sdk_results(running_pod, tmp_path_factory):
+def sdk_results(running_pod):
     """Each cloud's SDK, run at once, in the application container."""
     programs = {"aws": AWS_SDK, "gcp": GCP_SDK, "azure": AZURE_SDK,
                 "oci": OCI_SDK.format(endpoint=running_pod.desc["oci_api"]["endpoint"])}
-    procs = {cloud: running_pod.run_in_app(code, tmp_path_factory.mktemp(f"app-{cloud}"))
-             for cloud, code in programs.items()}
+    procs = {cloud: running_pod.run_in_app(code) for cloud, code in programs.items()}
     results = {}
     for cloud, proc in procs.items():
         out, err = proc.communicate(timeout=120)
@@ -762,13 +773,14 @@ def sdk_result(sdk_results, cloud):
 APP_VIEW = """
 import json, os, sys
 paths = sys.argv[1:]
-print(json.dumps({"visible": {p: sorted(os.listdir(p)) for p in paths if os.path.isdir(p) and os.listdir(p)},
+print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
+                  "visible": {p: sorted(os.listdir(p)) for p in paths if os.path.isdir(p) and os.listdir(p)},
                   "shared": sorted(os.listdir("/var/run/credbroker")),
                   "shared_writable": os.access("/var/run/credbroker", os.W_OK)}))
 """
 
 
-def test_e2e_pod_is_the_injected_one(running_pod, tmp_path):
+def test_e2e_pod_is_the_injected_one(running_pod):
     pod = running_pod.pod
     for version in K8S_VERSIONS:
         validate_strict(pod, version)
@@ -779,11 +791,17 @@ def test_e2e_pod_is_the_injected_one(running_pod, tmp_path):
     # The application's view: none of the sidecar's token or configuration files, the shared
     # files read-only.
     assert running_pod.sidecar_only, "the sidecar mounts nothing of its own"
-    proc = running_pod.run_in_app(APP_VIEW, tmp_path, *running_pod.sidecar_only)
+    proc = running_pod.run_in_app(APP_VIEW, *running_pod.sidecar_only)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     view = json.loads(out)
-    assert view == {"visible": {}, "shared": ["aws-auth-token", "oci"], "shared_writable": False}, view
+    assert view == {"uid": 1001, "gid": 1001, "groups": [65532], "visible": {},
+                    "shared": ["aws-auth-token", "oci"], "shared_writable": False}, view
+    # The sidecar runs as the image's user, without capabilities or privilege escalation.
+    status = dict(line.split(":\t", 1) for line in
+                  Path(f"/proc/{running_pod.sidecar_proc.pid}/status").read_text().splitlines() if ":\t" in line)
+    assert status["Uid"].split()[0] == status["Gid"].split()[0] == "65532", status
+    assert int(status["CapEff"], 16) == 0 and status["NoNewPrivs"] == "1", status
 
 
 def test_e2e_aws_boto3_gets_what_sts_issued(running_pod, sdk_results):
