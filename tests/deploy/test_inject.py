@@ -804,6 +804,9 @@ def test_e2e_aws_boto3_gets_what_sts_issued(running_pod, sdk_results):
     creds = issued[-1]["credentials"]
     assert (got["access_key"], got["secret_key"], got["token"]) == \
         (creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"])
+    # The ServiceAccount's role, the pod's name as the session (what CloudTrail shows).
+    assert issued[-1]["role_arn"] == running_pod.desc["aws"]["role_arn"]
+    assert issued[-1]["session_name"] == running_pod.pod["metadata"]["name"]
 
 
 def test_e2e_gcp_google_auth_gets_what_iam_issued(running_pod, sdk_results):
@@ -822,6 +825,8 @@ def test_e2e_azure_identity_gets_what_entra_issued(running_pod, sdk_results):
     issued = {r["access_token"]: r for r in running_pod.log("azure") if r.get("outcome") == "issued"}
     assert got["token"] in issued and got["default_token"] in issued, (got, list(issued.values()))
     assert issued[got["token"]]["scope"].startswith("https://storage.azure.com")
+    azure = running_pod.desc["azure"]
+    assert {(r["client_id"], r["tenant"]) for r in issued.values()} == {(azure["client_id"], azure["tenant_id"])}
     assert issued[got["default_token"]]["scope"].startswith("https://vault.azure.net")
 
 
