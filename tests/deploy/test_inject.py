@@ -822,6 +822,9 @@ def test_e2e_gcp_google_auth_gets_what_iam_issued(running_pod, sdk_results):
 
 def test_e2e_azure_identity_gets_what_entra_issued(running_pod, sdk_results):
     got = sdk_result(sdk_results, "azure")
+    # App Service: the X-IDENTITY-HEADER the app sends (its IDENTITY_HEADER, the pod's uid) is the
+    # sidecar's CREDBROKER_AZURE_IDENTITY_HEADER (the same downward-API value).
+    assert got["source"] == "AppServiceCredential", got
     issued = {r["access_token"]: r for r in running_pod.log("azure") if r.get("outcome") == "issued"}
     assert got["token"] in issued and got["default_token"] in issued, (got, list(issued.values()))
     assert issued[got["token"]]["scope"].startswith("https://storage.azure.com")
