@@ -261,9 +261,13 @@ def start_webhook(workdir: Path, desc: dict, cert: Path, key: Path, ca: Path, ap
            "--api-timeout-ms", str(api_timeout_ms), *flags]
     proc = subprocess.Popen(cmd, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
     hook = Webhook(proc=proc, workdir=workdir, ca=ca, api_timeout_ms=api_timeout_ms, log_path=log_path)
-    wait_for(lambda: addr_file.exists() or proc.poll() is not None, what="webhook addr file")
-    assert proc.poll() is None, hook.logs()
-    addrs = dict(line.split("=", 1) for line in addr_file.read_text().split())
+    try:
+        wait_for(lambda: addr_file.exists() or proc.poll() is not None, what="webhook addr file")
+        assert proc.poll() is None, hook.logs()
+        addrs = dict(line.split("=", 1) for line in addr_file.read_text().split())
+    except BaseException:
+        hook.stop()
+        raise
     hook.webhook_addr, hook.ops_addr = addrs["webhook"], addrs["ops"]
     return hook
 

@@ -638,7 +638,14 @@ class RunningPod:
     def __init__(self, root: Path, ca: s.TestCA):
         self.root = root
         self.sandbox = s.PodSandbox(root / "sandbox")
-        sb = self.sandbox
+        try:
+            self.start(ca)
+        except BaseException:
+            self.sandbox.close()  # no process of a half-made pod outlives the test
+            raise
+
+    def start(self, ca: s.TestCA) -> None:
+        root, sb = self.root, self.sandbox
         # fakecloud, inside the pod's network namespace (the sidecar reaches it on loopback).
         state, ready = root / "fakecloud", root / "fakecloud" / "ready.json"
         state.mkdir()
@@ -750,9 +757,15 @@ def sdk_results(running_pod):
                 "oci": OCI_SDK.format(endpoint=running_pod.desc["oci_api"]["endpoint"])}
     procs = {cloud: running_pod.run_in_app(code) for cloud, code in programs.items()}
     results = {}
-    for cloud, proc in procs.items():
-        out, err = proc.communicate(timeout=120)
-        results[cloud] = (proc.returncode, out, err)
+    try:
+        for cloud, proc in procs.items():
+            out, err = proc.communicate(timeout=120)
+            results[cloud] = (proc.returncode, out, err)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return results
 
 
