@@ -297,16 +297,22 @@ def check_metrics_port(docs, clouds):
     ops = ops_port(docs)
     named = [p for p in side.get("ports", []) if p["containerPort"] == ops]
     assert named and named[0].get("name"), f"the ops/metrics port {ops} is not declared as a named port"
-    annotations = pod_meta(docs).get("annotations", {})
-    assert annotations.get("prometheus.io/scrape") == "true", "pod lacks prometheus.io/scrape: true"
-    assert annotations.get("prometheus.io/port") == str(ops), \
-        f"prometheus.io/port {annotations.get('prometheus.io/port')} is not the ops port {ops}"
-    assert annotations.get("prometheus.io/path") == "/metrics", "prometheus.io/path is not /metrics"
     listen = resolve_env(docs, side).get("CREDBROKER_LISTEN", "127.0.0.1:8189")
     host = listen.rsplit(":", 1)[0]
     assert host in ("127.0.0.1", "[::1]"), f"credential listener {listen} is not loopback"
     assert all(p["containerPort"] != int(listen.rsplit(":", 1)[1]) for p in side.get("ports", [])), \
         "the credential listener's port must not be declared (it is loopback-only)"
+
+
+def check_scrape_annotations(docs, clouds):
+    """The overlays' pods are scraped on the sidecar's ops port (an injected pod keeps its own
+    prometheus.io/* annotations: they name one port per pod, the application's if it has any)."""
+    ops = ops_port(docs)
+    annotations = pod_meta(docs).get("annotations", {})
+    assert annotations.get("prometheus.io/scrape") == "true", "pod lacks prometheus.io/scrape: true"
+    assert annotations.get("prometheus.io/port") == str(ops), \
+        f"prometheus.io/port {annotations.get('prometheus.io/port')} is not the ops port {ops}"
+    assert annotations.get("prometheus.io/path") == "/metrics", "prometheus.io/path is not /metrics"
 
 
 def check_security(docs, clouds):
@@ -386,10 +392,25 @@ def gcp_credential_configuration(docs) -> dict:
     senv = resolve_env(docs, sidecar(docs))
     path = senv["GOOGLE_APPLICATION_CREDENTIALS"]
     _, vol, rel = file_source(docs, sidecar(docs), path)
+    if "downwardAPI" in vol:
+        # The injector's way: a pod annotation, projected as a file by the downward API.
+        return json.loads(downward_api_annotation(docs, vol, rel))
     assert "configMap" in vol, f"GCP: {path} does not come from a ConfigMap"
     data = configmap_data(docs, vol["configMap"]["name"])
     assert rel in data, f"GCP: ConfigMap {vol['configMap']['name']} has no key {rel}"
     return json.loads(data[rel])
+
+
+def downward_api_annotation(docs, vol: dict, rel: str) -> str:
+    """The content of file `rel` of a downwardAPI volume projecting a pod annotation."""
+    items = [i for i in vol["downwardAPI"].get("items", []) if i["path"] == rel]
+    assert len(items) == 1, f"downwardAPI volume {vol['name']} has no file {rel}"
+    field = items[0].get("fieldRef", {}).get("fieldPath", "")
+    match = re.fullmatch(r"metadata\.annotations\['([^']+)'\]", field)
+    assert match, f"downwardAPI volume {vol['name']}: {rel} is {field!r}, not a pod annotation"
+    annotations = pod_meta(docs).get("annotations", {})
+    assert match.group(1) in annotations, f"the pod has no annotation {match.group(1)} for {rel}"
+    return annotations[match.group(1)]
 
 
 def check_token_audiences(docs, clouds):
@@ -431,6 +452,10 @@ def check_token_audiences(docs, clouds):
         vol = volume(docs, mount["name"])
         assert not any("serviceAccountToken" in s for s in vol.get("projected", {}).get("sources", [])), \
             f"app: mounts service-account token volume {mount['name']}"
+
+
+def check_no_automounted_token(docs, clouds):
+    """The overlays turn the cluster token off (an injected pod keeps the user's choice)."""
     assert pod_spec(docs).get("automountServiceAccountToken") is False, \
         "automountServiceAccountToken must be false (the app would get the cluster token)"
 
@@ -481,10 +506,14 @@ def check_no_webhook_injection(docs, clouds):
 
 
 CHECKS = [
-    check_native_sidecar, check_probes, check_metrics_port, check_security, check_resources,
-    check_shared_files, check_token_audiences, check_sidecar_enables, check_app_env,
-    check_no_webhook_injection,
+    check_native_sidecar, check_probes, check_metrics_port, check_scrape_annotations, check_security,
+    check_resources, check_shared_files, check_token_audiences, check_no_automounted_token,
+    check_sidecar_enables, check_app_env, check_no_webhook_injection,
 ]
+
+# What the overlays decide but `credbroker inject` leaves to the pod's author (its own scrape
+# annotations, its own automountServiceAccountToken): every other check holds for an injected pod.
+OVERLAY_ONLY_CHECKS = {check_scrape_annotations, check_no_automounted_token}
 
 
 # --- `credbroker env` for a built overlay -------------------------------------------------------

@@ -194,7 +194,7 @@ BREAKAGES = {
     "short startup budget": (m.check_probes,
                              lambda d: m.sidecar(d)["startupProbe"].update(failureThreshold=3)),
     "metrics port unnamed": (m.check_metrics_port, lambda d: m.sidecar(d)["ports"][0].pop("name")),
-    "no scrape annotation": (m.check_metrics_port,
+    "no scrape annotation": (m.check_scrape_annotations,
                              lambda d: m.pod_meta(d)["annotations"].pop("prometheus.io/scrape")),
     "credential listener on all interfaces": (m.check_metrics_port,
                                               set_sidecar_env("CREDBROKER_LISTEN", "0.0.0.0:8189")),
@@ -229,7 +229,7 @@ BREAKAGES = {
                                 lambda d: volume_token(d, "kube-api-access").update(audience="oci")),
     "token mounted in app": (m.check_token_audiences, lambda d: m.app(d)["volumeMounts"].append(
         {"name": "aws-iam-token", "mountPath": "/var/run/secrets/eks.amazonaws.com/serviceaccount"})),
-    "automount": (m.check_token_audiences,
+    "automount": (m.check_no_automounted_token,
                   lambda d: m.pod_spec(d).update(automountServiceAccountToken=True)),
     "sidecar lacks AWS_ROLE_ARN": (m.check_sidecar_enables, lambda d: m.sidecar(d)["env"].remove(
         env_entry(m.sidecar(d), "AWS_ROLE_ARN"))),

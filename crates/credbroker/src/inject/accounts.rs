@@ -48,9 +48,11 @@ impl ApiServer {
         let mut config = kube::Config::infer()
             .await
             .map_err(kube::Error::InferConfig)?;
-        config.connect_timeout = Some(timeout);
-        config.read_timeout = Some(timeout);
-        config.write_timeout = Some(timeout);
+        // `timeout` bounds each read as a whole (`get`); the client's own timeouts, were they as
+        // short, would race it and turn "did not answer" into an unexplained client error.
+        config.connect_timeout = None;
+        config.read_timeout = None;
+        config.write_timeout = None;
         Ok(ApiServer {
             client: kube::Client::try_from(config)?,
             timeout,
@@ -70,7 +72,7 @@ impl Accounts for ApiServer {
             Ok(Err(kube::Error::Api(status))) if status.code == 403 || status.code == 401 => {
                 return Err(LookupError::Forbidden(id, status.message));
             }
-            Ok(Err(e)) => return Err(LookupError::Failed(id, e.to_string())),
+            Ok(Err(e)) => return Err(LookupError::Failed(id, with_causes(&e))),
             Ok(Ok(sa)) => sa,
         };
         Ok(ServiceAccount {
@@ -79,4 +81,18 @@ impl Accounts for ApiServer {
             annotations: sa.metadata.annotations.unwrap_or_default(),
         })
     }
+}
+
+/// The error and its causes: the client's own text ("client error (Connect)") does not say why.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }

@@ -61,7 +61,7 @@ impl<A: Accounts> Webhook<A> {
                 } else {
                     format!("not an admission.k8s.io/v1 AdmissionReview of a Pod: {e}")
                 };
-                return (invalid(&why), Outcome::Malformed);
+                return (invalid_request(body, &why), Outcome::Malformed);
             }
         };
         let request: AdmissionRequest<Pod> = match review.try_into() {
@@ -185,6 +185,19 @@ fn is_other_kind(body: &[u8]) -> bool {
 /// An error review for a request that could not be read (no `uid` to answer with).
 fn invalid(why: &str) -> Value {
     to_json(AdmissionResponse::invalid(why))
+}
+
+/// An error review for a review that is not one of a Pod, with its `uid` when it has one: the
+/// API server takes a response with another `uid` for a failed call and reports that instead.
+fn invalid_request(body: &[u8], why: &str) -> Value {
+    let mut response = AdmissionResponse::invalid(why);
+    if let Some(uid) = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["request"]["uid"].as_str().map(str::to_string))
+    {
+        response.uid = uid;
+    }
+    to_json(response)
 }
 
 /// The review as the API server reads it. kube-core keeps the patch as bytes and serialises

@@ -351,6 +351,10 @@ async fn malformed_oversized_and_non_pod_reviews_get_error_reviews() {
     other["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "ConfigMap"});
     let review = w.review(Ok(Bytes::from(other.to_string()))).await;
     assert_eq!(review["response"]["allowed"], false, "{review}");
+    assert_eq!(
+        review["response"]["uid"], other["request"]["uid"],
+        "{review}"
+    );
     assert!(
         review["response"]["status"]["message"]
             .as_str()
