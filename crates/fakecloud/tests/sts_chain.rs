@@ -907,7 +907,9 @@ async fn parameter_and_tag_validation() {
 
     let long_key = "k".repeat(129);
     let long_value = "v".repeat(257);
-    let cases: Vec<(Vec<(&str, &str)>, &str, &str)> = vec![
+    // (extra parameters, expected code, expected message part)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec![
                 ("Tags.member.1.Key", &long_key),
