@@ -55,6 +55,8 @@ struct Signing<'a> {
     time: SystemTime,
     /// Sign without the session token header even for temporary credentials.
     drop_token: bool,
+    /// A GET with the parameters in the query string instead of a form POST.
+    get: bool,
 }
 
 impl Default for Signing<'_> {
@@ -64,6 +66,7 @@ impl Default for Signing<'_> {
             service: "sts",
             time: SystemTime::now(),
             drop_token: false,
+            get: false,
         }
     }
 }
@@ -109,21 +112,27 @@ impl Env {
         how: Signing<'_>,
         tweak: impl FnOnce(&mut http::Request<String>),
     ) -> reqwest::Response {
-        let url = self.sts.url() + "/";
-        let body = form_urlencoded::Serializer::new(String::new())
+        let form = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(params)
-            .finish();
+            .finish()
+            .replace('+', "%20");
+        let (method, url, body) = if how.get {
+            ("GET", format!("{}/?{form}", self.sts.url()), String::new())
+        } else {
+            ("POST", self.sts.url() + "/", form)
+        };
         let host = self.sts.addr().to_string();
         let mut req = http::Request::builder()
-            .method("POST")
+            .method(method)
             .uri(&url)
-            .header("host", &host)
-            .header(
+            .header("host", &host);
+        if !how.get {
+            req = req.header(
                 "content-type",
                 "application/x-www-form-urlencoded; charset=utf-8",
-            )
-            .body(body)
-            .unwrap();
+            );
+        }
+        let mut req = req.body(body).unwrap();
         let token = creds.token.clone().filter(|_| !how.drop_token);
         let identity: Identity =
             Credentials::new(&creds.akid, &creds.secret, token, None, "test").into();
@@ -137,7 +146,7 @@ impl Env {
             .unwrap()
             .into();
         let signable = SignableRequest::new(
-            "POST",
+            method,
             url.as_str(),
             req.headers()
                 .iter()
@@ -149,7 +158,10 @@ impl Env {
         instructions.apply_to_request_http1x(&mut req);
         tweak(&mut req);
         let (parts, body) = req.into_parts();
-        let mut out = self.client.post(url).body(body);
+        let mut out = self
+            .client
+            .request(parts.method.clone(), parts.uri.to_string())
+            .body(body);
         for (name, value) in &parts.headers {
             if name != "host" {
                 out = out.header(name.as_str(), value.as_bytes());
@@ -632,6 +644,30 @@ async fn signature_errors() {
         .await;
     assert_eq!(resp.status(), 200);
     env.sts.set_region("us-east-1");
+
+    // GET with the parameters (and odd characters) in the query string.
+    let resp = env
+        .signed_with(
+            &web,
+            &[
+                ("Action", "AssumeRole"),
+                ("Version", "2011-06-15"),
+                ("RoleArn", TARGET),
+                ("RoleSessionName", "via-get"),
+                ("Tags.member.1.Key", "path/with space"),
+                ("Tags.member.1.Value", "a+b=c@d"),
+            ],
+            Signing {
+                get: true,
+                ..Signing::default()
+            },
+            |_| {},
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let r = env.sts.log().pop().unwrap();
+    assert_eq!(r.session_name.as_deref(), Some("via-get"));
+    assert_eq!(r.tags, [tag("path/with space", "a+b=c@d")]);
 
     // A malformed Authorization header.
     let resp = env
