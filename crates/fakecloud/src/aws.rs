@@ -160,9 +160,21 @@ struct Role {
     /// Exact subjects, or prefixes ending in `*` (like an IAM `StringLike` condition).
     subjects: HashSet<String>,
     /// `AssumeRole` trust: principal ARN (a role, an assumed-role session, a user, or an
-    /// account's `:root`) to the `sts:ExternalId` the statement requires, if any.
-    principals: HashMap<String, Option<String>>,
+    /// account's `:root`) to what its statement allows.
+    principals: HashMap<String, Trust>,
     max_session: u64,
+}
+
+/// One `AssumeRole` trust statement for one principal.
+#[derive(Debug, Clone)]
+struct Trust {
+    /// The `sts:ExternalId` the statement requires, if any.
+    external_id: Option<String>,
+    /// Whether the statement also allows `sts:TagSession` (needed to pass session tags, and to
+    /// carry transitive tags along a chain).
+    tag_session: bool,
+    /// Whether the statement also allows `sts:SetSourceIdentity`.
+    set_source_identity: bool,
 }
 
 impl Role {
@@ -453,8 +465,10 @@ impl FakeSts {
     /// with, when `required_external_id` is set, `"Condition":{"StringEquals":{"sts:ExternalId":..}}`.
     /// `from_role_arn` is a role ARN (any session of that role), an assumed-role session ARN, an
     /// IAM user ARN (see [`FakeSts::create_access_key`]) or `arn:aws:iam::ACCOUNT:root` (anyone in
-    /// the account). Calling it again replaces the external id rule.
-    /// Also `POST /_fake/trust_role` with `{"role_arn":..,"from_role_arn":..,"external_id":..}`.
+    /// the account). The statement also allows `sts:TagSession` and `sts:SetSourceIdentity`
+    /// (see [`FakeSts::set_trust_actions`]). Calling it again replaces the statement.
+    /// Also `POST /_fake/trust_role` with `{"role_arn":..,"from_role_arn":..,"external_id":..}`
+    /// (and optionally `"tag_session":false`, `"set_source_identity":false`).
     pub fn trust_role(
         &self,
         target_role_arn: &str,
@@ -468,8 +482,39 @@ impl FakeSts {
             .principals
             .insert(
                 from_role_arn.to_string(),
-                required_external_id.map(str::to_string),
+                Trust {
+                    external_id: required_external_id.map(str::to_string),
+                    tag_session: true,
+                    set_source_identity: true,
+                },
             );
+    }
+
+    /// Whether the trust statement [`FakeSts::trust_role`] made for `from_role_arn` on
+    /// `target_role_arn` also allows `sts:TagSession` (passing session tags, and inheriting
+    /// transitive ones along a chain) and `sts:SetSourceIdentity`. Without them `AssumeRole`
+    /// answers `AccessDenied` "… is not authorized to perform: sts:TagSession on resource: …"
+    /// (IAM User Guide, "Permissions required to add session tags" and "Permissions required to
+    /// set source identity"). Returns whether such a statement exists.
+    pub fn set_trust_actions(
+        &self,
+        target_role_arn: &str,
+        from_role_arn: &str,
+        tag_session: bool,
+        set_source_identity: bool,
+    ) -> bool {
+        let mut roles = self.roles.lock();
+        match roles
+            .get_mut(target_role_arn)
+            .and_then(|r| r.principals.get_mut(from_role_arn))
+        {
+            Some(trust) => {
+                trust.tag_session = tag_session;
+                trust.set_source_identity = set_source_identity;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Removes `from_role_arn` from `target_role_arn`'s `AssumeRole` trust (the role stays).
@@ -902,7 +947,18 @@ impl Fake for FakeSts {
                 match (field("role_arn"), field("from_role_arn")) {
                     (Some(role), Some(from)) => {
                         self.trust_role(role, from, field("external_id"));
-                        true
+                        let allowed = |name: &str| {
+                            body.as_ref()
+                                .and_then(|b| b.get(name))
+                                .and_then(serde_json::Value::as_bool)
+                                .unwrap_or(true)
+                        };
+                        self.set_trust_actions(
+                            role,
+                            from,
+                            allowed("tag_session"),
+                            allowed("set_source_identity"),
+                        )
                     }
                     _ => false,
                 }

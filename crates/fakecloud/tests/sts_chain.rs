@@ -849,6 +849,65 @@ async fn trust_and_external_id() {
 }
 
 #[tokio::test]
+async fn tag_session_and_set_source_identity_permissions() {
+    let env = env().await;
+    let web = env.web_identity("s1").await;
+    env.sts.trust_role(TARGET, DEMO_ROLE_ARN, None);
+    assert!(
+        env.sts
+            .set_trust_actions(TARGET, DEMO_ROLE_ARN, false, false)
+    );
+    assert!(!env.sts.set_trust_actions(THIRD, DEMO_ROLE_ARN, true, true));
+    let denied = |action: &str| {
+        format!(
+            "User: arn:aws:sts::123456789012:assumed-role/credbroker-demo/s1 is not authorized to perform: {action} on resource: {TARGET}"
+        )
+    };
+    let tagged = [("Tags.member.1.Key", "team"), ("Tags.member.1.Value", "a")];
+    let (status, _, code, msg) = error_of(env.assume_role(&web, &tagged).await).await;
+    assert_eq!((status, code.as_str()), (403, "AccessDenied"));
+    assert_eq!(msg, denied("sts:TagSession"));
+    let (_, _, code, msg) =
+        error_of(env.assume_role(&web, &[("SourceIdentity", "alice")]).await).await;
+    assert_eq!(
+        (code.as_str(), msg),
+        ("AccessDenied", denied("sts:SetSourceIdentity"))
+    );
+    // Neither is needed for a plain call.
+    assert_eq!(env.assume_role(&web, &[]).await.status(), 200);
+
+    // Inheriting transitive tags needs sts:TagSession on the next role even with no new tags.
+    env.sts.set_trust_actions(TARGET, DEMO_ROLE_ARN, true, true);
+    let resp = env
+        .assume_role(
+            &web,
+            &[
+                ("Tags.member.1.Key", "team"),
+                ("Tags.member.1.Value", "a"),
+                ("TransitiveTagKeys.member.1", "team"),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let chained = creds_of(&xml_fields(&resp.text().await.unwrap()), R);
+    let body =
+        format!(r#"{{"role_arn":"{THIRD}","from_role_arn":"{TARGET}","tag_session":false}}"#);
+    assert_eq!(
+        env.admin(reqwest::Method::POST, "/trust_role", &body).await,
+        204
+    );
+    let third = [("RoleArn", THIRD), ("RoleSessionName", "third")];
+    let (_, _, code, msg) = error_of(env.assume_role(&chained, &third).await).await;
+    assert_eq!(code, "AccessDenied");
+    assert!(
+        msg.ends_with(&format!("sts:TagSession on resource: {THIRD}")),
+        "{msg}"
+    );
+    env.sts.trust_role(THIRD, TARGET, None);
+    assert_eq!(env.assume_role(&chained, &third).await.status(), 200);
+}
+
+#[tokio::test]
 async fn durations_and_the_chaining_cap() {
     let env = env().await;
     env.sts.trust_role(TARGET, DEMO_ROLE_ARN, None);

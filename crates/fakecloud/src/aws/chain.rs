@@ -29,7 +29,12 @@
 //!   sessions, so `AssumeRole` with them is chaining.
 //! - Trust failures (role missing, caller not trusted, `ExternalId` wrong or missing):
 //!   `AccessDenied` (403) "User: CALLER_ARN is not authorized to perform: sts:AssumeRole on
-//!   resource: ROLE_ARN" (the live text in pulumi-aws#4849 and countless reports).
+//!   resource: ROLE_ARN" (the live text in pulumi-aws#4849 and countless reports). Session tags
+//!   need `sts:TagSession` in the trust statement too, and so does inheriting transitive tags
+//!   along a chain even when the call passes none (observed against AWS in mahitotsu/gekko_08's
+//!   RESULTS.md; terrapod PR#1546); the denial names `sts:TagSession` the same way (gekko_08's
+//!   tests match "not authorized to perform: sts:TagSession"). `SourceIdentity` needs
+//!   `sts:SetSourceIdentity` (IAM User Guide); its denial text is assumed to follow suit.
 //! - `PackedPolicyTooLarge` "Packed policy consumes N% of allotted space, please use smaller
 //!   policy." (the live text users report); the percentage is this fake's own estimate.
 
@@ -227,28 +232,51 @@ impl FakeSts {
             ));
         }
 
+        // The caller's transitive tags pass on to the new session.
+        let inherited: Vec<SessionTag> = caller
+            .tags
+            .iter()
+            .filter(|t| contains_ci(&caller.transitive_tag_keys, &t.key))
+            .cloned()
+            .collect();
         let max_session = {
             let roles = self.roles.lock();
-            let trusted = roles.get(role_arn).is_some_and(|role| {
-                role.principals.iter().any(|(principal, required_id)| {
-                    principal_matches(principal, caller)
-                        && required_id
-                            .as_deref()
-                            .is_none_or(|id| external_id == Some(id))
+            let role = roles.get(role_arn);
+            let statements: Vec<&super::Trust> = role
+                .map(|role| {
+                    role.principals
+                        .iter()
+                        .filter(|(principal, trust)| {
+                            principal_matches(principal, caller)
+                                && trust
+                                    .external_id
+                                    .as_deref()
+                                    .is_none_or(|id| external_id == Some(id))
+                        })
+                        .map(|(_, trust)| trust)
+                        .collect()
                 })
-            });
-            if !trusted {
-                return Err(StsError::new(
+                .unwrap_or_default();
+            let denied = |action: &str| {
+                StsError::new(
                     "AccessDenied",
                     format!(
-                        "User: {} is not authorized to perform: sts:AssumeRole on resource: {role_arn}",
+                        "User: {} is not authorized to perform: {action} on resource: {role_arn}",
                         caller.arn
                     ),
-                ));
+                )
+            };
+            if statements.is_empty() {
+                return Err(denied("sts:AssumeRole"));
             }
-            roles
-                .get(role_arn)
-                .map_or(super::DEFAULT_MAX_SESSION, |r| r.max_session)
+            let tagging = !(tags.is_empty() && inherited.is_empty());
+            if tagging && !statements.iter().any(|t| t.tag_session) {
+                return Err(denied("sts:TagSession"));
+            }
+            if source_identity.is_some() && !statements.iter().any(|t| t.set_source_identity) {
+                return Err(denied("sts:SetSourceIdentity"));
+            }
+            role.map_or(super::DEFAULT_MAX_SESSION, |r| r.max_session)
         };
         if caller.is_role_session() && duration > CHAIN_MAX_DURATION {
             return Err(StsError::new("ValidationError", CHAIN_LIMIT));
@@ -273,12 +301,6 @@ impl FakeSts {
 
         // The new session: the caller's transitive tags, then the requested ones; the caller's
         // transitive keys stay transitive.
-        let inherited: Vec<SessionTag> = caller
-            .tags
-            .iter()
-            .filter(|t| contains_ci(&caller.transitive_tag_keys, &t.key))
-            .cloned()
-            .collect();
         let mut transitive_keys = caller.transitive_tag_keys.clone();
         transitive_keys.extend(transitive.iter().map(|k| k.to_string()));
         let source_identity = source_identity
