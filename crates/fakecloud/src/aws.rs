@@ -1,6 +1,12 @@
-//! A faithful fake of AWS STS `AssumeRoleWithWebIdentity` (awsQuery protocol, XML responses):
-//! real parameter validation, real JWT verification against an [`Issuer`], a role trust
-//! table, and every documented error code in the real `ErrorResponse` shape.
+//! A faithful fake of AWS STS (awsQuery protocol, XML responses): `AssumeRoleWithWebIdentity`
+//! (unsigned, real JWT verification against an [`Issuer`]), and, SigV4-signed with credentials
+//! this fake issued, `AssumeRole` for role chaining and `GetCallerIdentity` ([`chain`]); real
+//! parameter validation, a role trust table, and the real error codes in the real
+//! `ErrorResponse` shape. The signature is verified by hand ([`sigv4`]), independently of the
+//! `aws-sigv4` crate the broker signs with.
+
+mod chain;
+mod sigv4;
 
 use crate::http::Running;
 use base64::Engine as _;
@@ -62,10 +68,80 @@ pub struct StsRecord {
     pub token_subject: Option<String>,
     /// Hex SHA-256 of the `WebIdentityToken`; the token itself is never stored.
     pub token_sha256: Option<String>,
-    /// `issued`, `error:<Code>` or `fault:<kind>`.
+    /// `AssumeRole`'s `ExternalId`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// `AssumeRole`'s `SourceIdentity` as requested.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_identity: Option<String>,
+    /// `AssumeRole`'s `Tags.member.N` as requested (a member without `Key` or `Value` is
+    /// recorded with an empty string).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<SessionTag>,
+    /// `AssumeRole`'s `TransitiveTagKeys.member.N` as requested.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub transitive_tag_keys: Vec<String>,
+    /// On an issued `AssumeRole`: the calling session's transitive tags, propagated into the new
+    /// session (the new session's tags are these plus [`StsRecord::tags`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inherited_tags: Vec<SessionTag>,
+    /// The access key id named in the SigV4 `Authorization` header (whether or not it verified).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller_access_key_id: Option<String>,
+    /// The ARN of the authenticated caller: `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`
+    /// (or an IAM user ARN for keys from [`FakeSts::create_access_key`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller_arn: Option<String>,
+    /// `issued` (credentials handed out), `answered` (`GetCallerIdentity`), `error:<Code>` or
+    /// `fault:<kind>`.
     pub outcome: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credentials: Option<IssuedCredentials>,
+}
+
+/// A session tag (`Tags.member.N.Key` / `.Value`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionTag {
+    pub key: String,
+    pub value: String,
+}
+
+/// Who a set of credentials this fake issued (or created) is: what `GetCallerIdentity` answers
+/// and what `AssumeRole` carries along a chain. The secret is not part of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    pub access_key_id: String,
+    /// `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`, or `arn:aws:iam::ACCOUNT:user/NAME`.
+    pub arn: String,
+    /// `AROA…:SESSION` for a role session, `AIDA…` for a user.
+    pub user_id: String,
+    pub account: String,
+    /// The IAM role of a role session (`arn:aws:iam::ACCOUNT:role/NAME`); `None` for a user.
+    pub role_arn: Option<String>,
+    /// Set for temporary credentials, which must carry it as `X-Amz-Security-Token`.
+    #[serde(skip)]
+    pub session_token: Option<String>,
+    /// Unix seconds; `None` for a user's long-term key.
+    pub expires_at: Option<u64>,
+    pub source_identity: Option<String>,
+    /// The session's tags: the ones it was given and the transitive ones it inherited.
+    pub tags: Vec<SessionTag>,
+    /// Keys of [`Identity::tags`] that pass on to sessions this one creates.
+    pub transitive_tag_keys: Vec<String>,
+}
+
+impl Identity {
+    /// Whether this is an assumed-role session (so `AssumeRole` with it is role chaining).
+    pub fn is_role_session(&self) -> bool {
+        self.role_arn.is_some()
+    }
+}
+
+/// A long-term access key created by [`FakeSts::create_access_key`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessKey {
+    pub access_key_id: String,
+    pub secret_access_key: String,
 }
 
 /// Credentials handed out by a successful exchange.
@@ -83,10 +159,33 @@ pub struct IssuedCredentials {
 struct Role {
     /// Exact subjects, or prefixes ending in `*` (like an IAM `StringLike` condition).
     subjects: HashSet<String>,
+    /// `AssumeRole` trust: principal ARN (a role, an assumed-role session, a user, or an
+    /// account's `:root`) to what its statement allows.
+    principals: HashMap<String, Trust>,
     max_session: u64,
 }
 
+/// One `AssumeRole` trust statement for one principal.
+#[derive(Debug, Clone)]
+struct Trust {
+    /// The `sts:ExternalId` the statement requires, if any.
+    external_id: Option<String>,
+    /// Whether the statement also allows `sts:TagSession` (needed to pass session tags, and to
+    /// carry transitive tags along a chain).
+    tag_session: bool,
+    /// Whether the statement also allows `sts:SetSourceIdentity`.
+    set_source_identity: bool,
+}
+
 impl Role {
+    fn new() -> Role {
+        Role {
+            subjects: HashSet::new(),
+            principals: HashMap::new(),
+            max_session: DEFAULT_MAX_SESSION,
+        }
+    }
+
     fn trusts(&self, subject: &str) -> bool {
         self.subjects
             .iter()
@@ -108,7 +207,21 @@ pub struct FakeSts {
     exchanges: AtomicUsize,
     /// Test hook: issue credentials that expire after this many seconds whatever was asked.
     lifetime_override: Mutex<Option<u64>>,
+    /// Every credential this fake issued or created, by access key id, with its secret.
+    identities: Mutex<HashMap<String, StoredIdentity>>,
+    /// The region SigV4 credential scopes must name.
+    region: Mutex<String>,
 }
+
+#[derive(Debug, Clone)]
+struct StoredIdentity {
+    secret: String,
+    identity: Identity,
+}
+
+/// Issued credentials kept before expired ones are pruned; expired ones stay an hour so that
+/// using them still answers `ExpiredToken`.
+const IDENTITY_CAPACITY: usize = 50_000;
 
 /// A running [`FakeSts`]; derefs to it. Dropping it stops the server.
 pub type FakeStsHandle = Running<FakeSts>;
@@ -134,6 +247,12 @@ impl StsError {
 pub fn status_for_code(code: &str) -> u16 {
     match code {
         "IDPRejectedClaim" | "AccessDenied" | "RegionDisabledException" => 403,
+        // The signature and credential errors (AWS "Common Errors"; ExpiredToken: see
+        // `sigv4::EXPIRED_TOKEN`). IncompleteSignature is 400.
+        "InvalidClientTokenId"
+        | "SignatureDoesNotMatch"
+        | "MissingAuthenticationToken"
+        | "ExpiredToken" => 403,
         "InternalFailure" => 500,
         "ServiceUnavailable" => 503,
         _ => 400,
@@ -163,6 +282,11 @@ fn default_message(code: &str) -> &'static str {
         "PackedPolicyTooLarge" => {
             "The total packed size of the session policies and session tags exceeds the limit."
         }
+        "ExpiredToken" => sigv4::EXPIRED_TOKEN,
+        "InvalidClientTokenId" => sigv4::UNKNOWN_KEY,
+        "SignatureDoesNotMatch" => sigv4::SIGNATURE_MISMATCH,
+        "MissingAuthenticationToken" => sigv4::MISSING_AUTH,
+        "IncompleteSignature" => "The request signature does not conform to AWS standards.",
         _ => "Injected error",
     }
 }
@@ -186,8 +310,43 @@ impl Params {
         self.0.get(name).map(String::as_str)
     }
 
+    /// The members of an awsQuery list, `PREFIX.member.N[SUFFIX]`, ordered by `N`.
+    fn list(&self, prefix: &str, suffix: &str) -> Vec<(u32, &str)> {
+        let head = format!("{prefix}.member.");
+        let mut members: Vec<(u32, &str)> = self
+            .0
+            .iter()
+            .filter_map(|(k, v)| {
+                let n = k.strip_prefix(&head)?.strip_suffix(suffix)?;
+                Some((n.parse().ok()?, v.as_str()))
+            })
+            .collect();
+        members.sort_unstable();
+        members
+    }
+
+    /// `Tags.member.N.Key/Value` by `N`, either half possibly missing.
+    fn tags(&self) -> Vec<(Option<&str>, Option<&str>)> {
+        let keys = self.list("Tags", ".Key");
+        let values = self.list("Tags", ".Value");
+        let mut ns: Vec<u32> = keys.iter().chain(&values).map(|(n, _)| *n).collect();
+        ns.sort_unstable();
+        ns.dedup();
+        ns.into_iter()
+            .map(|n| (find_member(&keys, n), find_member(&values, n)))
+            .collect()
+    }
+
+    /// `TransitiveTagKeys.member.N`.
+    fn transitive_tag_keys(&self) -> Vec<&str> {
+        self.list("TransitiveTagKeys", "")
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
+    }
+
     /// A log record with whatever the request carried; `outcome` is filled in later.
-    fn record(&self) -> StsRecord {
+    fn record(&self, req: &Request<Bytes>) -> StsRecord {
         let token = self.get("WebIdentityToken");
         let claims = token.and_then(peek_claims);
         StsRecord {
@@ -199,10 +358,32 @@ impl Params {
             token_jti: claims.as_ref().map(|c| c.jti.clone()),
             token_subject: claims.map(|c| c.sub),
             token_sha256: token.map(sha256_hex),
+            external_id: self.get("ExternalId").map(str::to_string),
+            source_identity: self.get("SourceIdentity").map(str::to_string),
+            tags: self
+                .tags()
+                .into_iter()
+                .map(|(k, v)| SessionTag {
+                    key: k.unwrap_or_default().to_string(),
+                    value: v.unwrap_or_default().to_string(),
+                })
+                .collect(),
+            transitive_tag_keys: self
+                .transitive_tag_keys()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            inherited_tags: Vec::new(),
+            caller_access_key_id: sigv4::claimed_access_key(req),
+            caller_arn: None,
             outcome: String::new(),
             credentials: None,
         }
     }
+}
+
+fn find_member<'a>(list: &[(u32, &'a str)], n: u32) -> Option<&'a str> {
+    list.iter().find(|(m, _)| *m == n).map(|(_, v)| *v)
 }
 
 /// A parsed IAM role ARN `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME`.
@@ -254,6 +435,8 @@ impl FakeSts {
             issued: AtomicUsize::new(0),
             exchanges: AtomicUsize::new(0),
             lifetime_override: Mutex::new(None),
+            identities: Mutex::new(HashMap::new()),
+            region: Mutex::new(DEFAULT_REGION.to_string()),
         };
         sts.trust(DEMO_ROLE_ARN, DEMO_SUBJECT);
         sts
@@ -272,12 +455,154 @@ impl FakeSts {
         self.roles
             .lock()
             .entry(role_arn.to_string())
-            .or_insert_with(|| Role {
-                subjects: HashSet::new(),
-                max_session: DEFAULT_MAX_SESSION,
-            })
+            .or_insert_with(Role::new)
             .subjects
             .insert(subject.to_string());
+    }
+
+    /// Lets `from_role_arn` call `AssumeRole` on `target_role_arn` (creating the target role if
+    /// needed), like a trust policy statement `{"Principal":{"AWS":FROM},"Action":"sts:AssumeRole"}`
+    /// with, when `required_external_id` is set, `"Condition":{"StringEquals":{"sts:ExternalId":..}}`.
+    /// `from_role_arn` is a role ARN (any session of that role), an assumed-role session ARN, an
+    /// IAM user ARN (see [`FakeSts::create_access_key`]) or `arn:aws:iam::ACCOUNT:root` (anyone in
+    /// the account). The statement also allows `sts:TagSession` and `sts:SetSourceIdentity`
+    /// (see [`FakeSts::set_trust_actions`]). Calling it again replaces the statement.
+    /// Also `POST /_fake/trust_role` with `{"role_arn":..,"from_role_arn":..,"external_id":..}`
+    /// (and optionally `"tag_session":false`, `"set_source_identity":false`).
+    pub fn trust_role(
+        &self,
+        target_role_arn: &str,
+        from_role_arn: &str,
+        required_external_id: Option<&str>,
+    ) {
+        self.roles
+            .lock()
+            .entry(target_role_arn.to_string())
+            .or_insert_with(Role::new)
+            .principals
+            .insert(
+                from_role_arn.to_string(),
+                Trust {
+                    external_id: required_external_id.map(str::to_string),
+                    tag_session: true,
+                    set_source_identity: true,
+                },
+            );
+    }
+
+    /// Whether the trust statement [`FakeSts::trust_role`] made for `from_role_arn` on
+    /// `target_role_arn` also allows `sts:TagSession` (passing session tags, and inheriting
+    /// transitive ones along a chain) and `sts:SetSourceIdentity`. Without them `AssumeRole`
+    /// answers `AccessDenied` "… is not authorized to perform: sts:TagSession on resource: …"
+    /// (IAM User Guide, "Permissions required to add session tags" and "Permissions required to
+    /// set source identity"). Returns whether such a statement exists.
+    pub fn set_trust_actions(
+        &self,
+        target_role_arn: &str,
+        from_role_arn: &str,
+        tag_session: bool,
+        set_source_identity: bool,
+    ) -> bool {
+        let mut roles = self.roles.lock();
+        match roles
+            .get_mut(target_role_arn)
+            .and_then(|r| r.principals.get_mut(from_role_arn))
+        {
+            Some(trust) => {
+                trust.tag_session = tag_session;
+                trust.set_source_identity = set_source_identity;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes `from_role_arn` from `target_role_arn`'s `AssumeRole` trust (the role stays).
+    /// Also `DELETE /_fake/trust_role` with `{"role_arn":..,"from_role_arn":..}`.
+    pub fn untrust_role(&self, target_role_arn: &str, from_role_arn: &str) {
+        if let Some(role) = self.roles.lock().get_mut(target_role_arn) {
+            role.principals.remove(from_role_arn);
+        }
+    }
+
+    /// Creates a long-term access key (`AKIA…`) for the IAM user `user_arn`
+    /// (`arn:aws:iam::ACCOUNT:user/NAME`), to sign `AssumeRole` as a user rather than a role
+    /// session (no role-chaining limit). `None` if the ARN is not a user ARN.
+    pub fn create_access_key(&self, user_arn: &str) -> Option<AccessKey> {
+        let mut parts = user_arn.splitn(6, ':');
+        let ("arn", _, "iam", "", account, resource) = (
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+        ) else {
+            return None;
+        };
+        resource.strip_prefix("user/")?;
+        let key = AccessKey {
+            access_key_id: format!("AKIA{}", random_chars(UPPER_ALNUM, 16)),
+            secret_access_key: random_chars(SECRET_CHARS, 40),
+        };
+        self.register(
+            key.secret_access_key.clone(),
+            Identity {
+                access_key_id: key.access_key_id.clone(),
+                arn: user_arn.to_string(),
+                user_id: unique_id("AIDA", user_arn),
+                account: account.to_string(),
+                role_arn: None,
+                session_token: None,
+                expires_at: None,
+                source_identity: None,
+                tags: Vec::new(),
+                transitive_tag_keys: Vec::new(),
+            },
+        );
+        Some(key)
+    }
+
+    /// What the fake knows of the credentials with this access key id (issued or created).
+    pub fn identity(&self, access_key_id: &str) -> Option<Identity> {
+        self.identities
+            .lock()
+            .get(access_key_id)
+            .map(|s| s.identity.clone())
+    }
+
+    /// Test hook: the credentials with this access key id expire now (signed calls with them
+    /// then answer `ExpiredToken`). Returns whether the key was known.
+    /// Also `POST /_fake/expire` with `{"access_key_id":..}`.
+    pub fn expire_credentials(&self, access_key_id: &str) -> bool {
+        match self.identities.lock().get_mut(access_key_id) {
+            Some(stored) => {
+                stored.identity.expires_at = Some(unix_now().saturating_sub(1));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The region SigV4 credential scopes must name (default [`DEFAULT_REGION`]).
+    pub fn set_region(&self, region: &str) {
+        *self.region.lock() = region.to_string();
+    }
+
+    pub fn region(&self) -> String {
+        self.region.lock().clone()
+    }
+
+    fn register(&self, secret: String, identity: Identity) {
+        let mut identities = self.identities.lock();
+        if identities.len() >= IDENTITY_CAPACITY {
+            let cutoff = unix_now().saturating_sub(3600);
+            identities.retain(|_, s| s.identity.expires_at.is_none_or(|e| e > cutoff));
+        }
+        identities.insert(
+            identity.access_key_id.clone(),
+            StoredIdentity { secret, identity },
+        );
     }
 
     /// Removes `subject` from `role_arn`'s trust policy (the role stays).
@@ -319,7 +644,7 @@ impl FakeSts {
         self.log.lock().clone()
     }
 
-    /// Successful exchanges so far.
+    /// Credentials issued so far (`AssumeRoleWithWebIdentity` and `AssumeRole`).
     pub fn issued_count(&self) -> usize {
         self.issued.load(Ordering::SeqCst)
     }
@@ -335,6 +660,19 @@ impl FakeSts {
             log.remove(0);
         }
         log.push(record);
+    }
+
+    /// Fresh temporary credentials lasting `duration` (or the test override), and their
+    /// expiry in Unix seconds.
+    fn new_credentials(&self, duration: u64) -> (IssuedCredentials, u64) {
+        let expires_at = unix_now() + self.lifetime_override.lock().unwrap_or(duration);
+        let creds = IssuedCredentials {
+            access_key_id: format!("ASIA{}", random_chars(UPPER_ALNUM, 16)),
+            secret_access_key: random_chars(SECRET_CHARS, 40),
+            session_token: session_token(),
+            expiration: iso8601(expires_at),
+        };
+        (creds, expires_at)
     }
 
     /// Validates and performs one exchange; returns the response XML and the credentials.
@@ -372,7 +710,8 @@ impl FakeSts {
         let token = required("WebIdentityToken")?;
 
         let mut problems = Vec::new();
-        let value = |v: &str| xml_escape(v);
+        // Messages are plain text: `error_response` escapes them once.
+        let value = |v: &str| v.to_string();
         if !(20..=2048).contains(&role_arn.chars().count()) {
             problems.push(format!(
                 "Value '{}' at 'roleArn' failed to satisfy constraint: Member must have length {}",
@@ -444,7 +783,7 @@ impl FakeSts {
                     "InvalidIdentityToken",
                     format!(
                         "No OpenIDConnect provider found in your account for {}",
-                        xml_escape(&claims.iss)
+                        claims.iss
                     ),
                 ),
                 VerifyError::BadSignature | VerifyError::Malformed => StsError::new(
@@ -473,12 +812,25 @@ impl FakeSts {
             ));
         }
 
-        let creds = IssuedCredentials {
-            access_key_id: format!("ASIA{}", random_chars(UPPER_ALNUM, 16)),
-            secret_access_key: random_chars(SECRET_CHARS, 40),
-            session_token: session_token(),
-            expiration: iso8601(unix_now() + self.lifetime_override.lock().unwrap_or(duration)),
-        };
+        let (creds, expires_at) = self.new_credentials(duration);
+        self.register(
+            creds.secret_access_key.clone(),
+            Identity {
+                access_key_id: creds.access_key_id.clone(),
+                arn: format!(
+                    "arn:{}:sts::{}:assumed-role/{}/{session}",
+                    arn.partition, arn.account, arn.name
+                ),
+                user_id: format!("{}:{session}", role_id(role_arn)),
+                account: arn.account.to_string(),
+                role_arn: Some(role_arn.to_string()),
+                session_token: Some(creds.session_token.clone()),
+                expires_at: Some(expires_at),
+                source_identity: None,
+                tags: Vec::new(),
+                transitive_tag_keys: Vec::new(),
+            },
+        );
         let mut xml = String::with_capacity(2048);
         let _ = write!(
             xml,
@@ -533,13 +885,29 @@ impl Fake for FakeSts {
     async fn handle(&self, req: Request<Bytes>) -> HttpResponse {
         self.exchanges.fetch_add(1, Ordering::SeqCst);
         let params = Params::of(&req);
-        let mut record = params.record();
+        let mut record = params.record(&req);
         let request_id = random_uuid();
-        let response = match self.assume(&params, &request_id) {
-            Ok((xml, creds)) => {
+        // The action is looked up first: AssumeRoleWithWebIdentity needs no signature (botocore's
+        // model: `smithy.api#noAuth`), the others are authenticated before anything else.
+        let signed = matches!(
+            params.get("Action"),
+            Some("AssumeRole" | "GetCallerIdentity")
+        ) && params.get("Version").is_none_or(|v| v == STS_VERSION);
+        let result = if signed {
+            self.signed_call(&req, &params, &request_id, &mut record)
+        } else {
+            self.assume(&params, &request_id)
+                .map(|(xml, creds)| (xml, Some(creds)))
+        };
+        let response = match result {
+            Ok((xml, Some(creds))) => {
                 self.issued.fetch_add(1, Ordering::SeqCst);
                 record.outcome = "issued".into();
                 record.credentials = Some(creds);
+                xml_response(200, xml, &request_id)
+            }
+            Ok((xml, None)) => {
+                record.outcome = "answered".into();
                 xml_response(200, xml, &request_id)
             }
             Err(err) => {
@@ -556,20 +924,65 @@ impl Fake for FakeSts {
     }
 
     fn admin(&self, req: &Request<Bytes>) -> Option<HttpResponse> {
-        if req.method() != Method::POST || req.uri().path() != "/_fake/lifetime" {
-            return None;
-        }
-        let seconds = serde_json::from_slice::<serde_json::Value>(req.body())
-            .ok()
-            .map(|v| v.get("seconds").and_then(serde_json::Value::as_u64));
-        let mut resp = Response::new(Full::new(Bytes::new()));
-        match seconds {
-            Some(s) => {
-                self.set_issued_lifetime(s.map(std::time::Duration::from_secs));
-                *resp.status_mut() = StatusCode::NO_CONTENT;
+        let body = serde_json::from_slice::<serde_json::Value>(req.body()).ok();
+        let field = |name: &str| {
+            body.as_ref()
+                .and_then(|b| b.get(name))
+                .and_then(serde_json::Value::as_str)
+        };
+        let ok = match (req.method(), req.uri().path()) {
+            (&Method::POST, "/_fake/lifetime") => {
+                match body
+                    .as_ref()
+                    .map(|v| v.get("seconds").and_then(serde_json::Value::as_u64))
+                {
+                    Some(s) => {
+                        self.set_issued_lifetime(s.map(std::time::Duration::from_secs));
+                        true
+                    }
+                    None => false,
+                }
             }
-            None => *resp.status_mut() = StatusCode::BAD_REQUEST,
-        }
+            (&Method::POST, "/_fake/trust_role") => {
+                match (field("role_arn"), field("from_role_arn")) {
+                    (Some(role), Some(from)) => {
+                        self.trust_role(role, from, field("external_id"));
+                        let allowed = |name: &str| {
+                            body.as_ref()
+                                .and_then(|b| b.get(name))
+                                .and_then(serde_json::Value::as_bool)
+                                .unwrap_or(true)
+                        };
+                        self.set_trust_actions(
+                            role,
+                            from,
+                            allowed("tag_session"),
+                            allowed("set_source_identity"),
+                        )
+                    }
+                    _ => false,
+                }
+            }
+            (&Method::DELETE, "/_fake/trust_role") => {
+                match (field("role_arn"), field("from_role_arn")) {
+                    (Some(role), Some(from)) => {
+                        self.untrust_role(role, from);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            (&Method::POST, "/_fake/expire") => {
+                field("access_key_id").is_some_and(|k| self.expire_credentials(k))
+            }
+            _ => return None,
+        };
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = if ok {
+            StatusCode::NO_CONTENT
+        } else {
+            StatusCode::BAD_REQUEST
+        };
         Some(resp)
     }
 
@@ -595,7 +1008,7 @@ impl Fake for FakeSts {
     }
 
     fn record_fault(&self, req: &Request<Bytes>, fault: &Fault) {
-        let mut record = Params::of(req).record();
+        let mut record = Params::of(req).record(req);
         record.outcome = format!("fault:{}", fault.kind());
         self.push(record);
     }
@@ -672,12 +1085,17 @@ fn session_token() -> String {
 
 /// A stable `AROA` + 17 characters role id per role ARN, like IAM's unique ids.
 fn role_id(role_arn: &str) -> String {
-    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, role_arn.as_bytes());
+    unique_id("AROA", role_arn)
+}
+
+/// A stable IAM-style unique id: `prefix` (`AROA` role, `AIDA` user) and 17 characters.
+fn unique_id(prefix: &str, arn: &str) -> String {
+    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, arn.as_bytes());
     let suffix: String = hash.as_ref()[..17]
         .iter()
         .map(|b| char::from(UPPER_ALNUM[usize::from(*b) % UPPER_ALNUM.len()]))
         .collect();
-    format!("AROA{suffix}")
+    format!("{prefix}{suffix}")
 }
 
 /// Lower-case hex SHA-256.

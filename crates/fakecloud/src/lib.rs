@@ -3,7 +3,8 @@
 //! - [`issuer`]: a local OIDC issuer minting kubelet-shaped service-account tokens.
 //! - [`kubelet`]: a projected token volume with kubelet's `..data` symlink swap.
 //! - [`faults`] and [`http`]: fault injection and the server every fake runs on.
-//! - [`aws`]: a faithful fake of STS `AssumeRoleWithWebIdentity`.
+//! - [`aws`]: a faithful fake of STS: `AssumeRoleWithWebIdentity`, and SigV4-signed `AssumeRole`
+//!   (role chaining) and `GetCallerIdentity`, the signature verified by hand.
 //! - [`gcp`]: a faithful fake of Google STS and IAM Credentials.
 //! - [`azure`]: a faithful fake of the Entra ID token endpoint (client-assertion grant).
 //! - [`oci`]: OKE proxymux (HTTPS, generated CA) and a signature-verifying OCI API.

@@ -354,7 +354,7 @@ async fn parameter_validation() {
             "ValidationError",
         ),
         (vec![("WebIdentityToken", "abc")], "ValidationError"),
-        (vec![("Action", "AssumeRole")], "InvalidAction"),
+        (vec![("Action", "AssumeRoleWithMagic")], "InvalidAction"),
         (vec![("Version", "2010-01-01")], "InvalidAction"),
     ];
     for (extra, expected) in cases {
