@@ -60,3 +60,35 @@ print(json.dumps({{"access_key": c.access_key, "arn": ident["Arn"], "account": i
         assert json.loads(out.stdout)["Arn"] == got["arn"]
     finally:
         broker.stop()
+
+
+def test_chained_role_through_broker_is_the_role_moto_sees(fakecloud, moto, tmp_path):
+    """`--aws-chained-role`: the broker calls moto's AssumeRole signed with the base role's
+    credentials; boto3 on `/v1/credentials/cross` holds a session that moto's own
+    GetCallerIdentity names as the chained (cross-account) role, and S3 accepts it."""
+    cross = "arn:aws:iam::210987654321:role/moto-cross-account"
+    sidecar = {**sidecar_env(fakecloud, "aws"), "AWS_ROLE_ARN": ROLE, "AWS_ENDPOINT_URL_STS": moto,
+               "CREDBROKER_AWS_CHAINED_ROLE": f"cross={cross}@default"}
+    broker = start_broker(tmp_path / "broker", sidecar)
+    try:
+        env = broker.app_env()
+        code = f"""
+import boto3, json, os
+s = boto3.Session()
+ident = s.client("sts", endpoint_url={moto!r}).get_caller_identity()
+s3 = s.client("s3", endpoint_url={moto!r}, region_name="us-east-1")
+s3.create_bucket(Bucket="chained-" + os.environ["WHO"])
+s3.put_object(Bucket="chained-" + os.environ["WHO"], Key="k", Body=b"v")
+body = s3.get_object(Bucket="chained-" + os.environ["WHO"], Key="k")["Body"].read().decode()
+print(json.dumps({{"arn": ident["Arn"], "account": ident["Account"], "body": body,
+                   "key": s.get_credentials().get_frozen_credentials().access_key}}))
+"""
+        base = run_json(code, {**env, "WHO": "base"}, tmp_path)
+        uri = env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] + "/cross"
+        chained = run_json(code, {**env, "WHO": "cross", "AWS_CONTAINER_CREDENTIALS_FULL_URI": uri}, tmp_path)
+        assert base["arn"].startswith("arn:aws:sts::123456789012:assumed-role/moto-role/"), base
+        assert chained["arn"].startswith("arn:aws:sts::210987654321:assumed-role/moto-cross-account/"), chained
+        assert chained["account"] == "210987654321"
+        assert chained["key"] != base["key"] and chained["body"] == "v"
+    finally:
+        broker.stop()

@@ -207,6 +207,8 @@ pub struct FakeSts {
     exchanges: AtomicUsize,
     /// Test hook: issue credentials that expire after this many seconds whatever was asked.
     lifetime_override: Mutex<Option<u64>>,
+    /// Per-role lifetime overrides (seconds), ahead of `lifetime_override`.
+    role_lifetimes: Mutex<HashMap<String, u64>>,
     /// Every credential this fake issued or created, by access key id, with its secret.
     identities: Mutex<HashMap<String, StoredIdentity>>,
     /// The region SigV4 credential scopes must name.
@@ -435,6 +437,7 @@ impl FakeSts {
             issued: AtomicUsize::new(0),
             exchanges: AtomicUsize::new(0),
             lifetime_override: Mutex::new(None),
+            role_lifetimes: Mutex::new(HashMap::new()),
             identities: Mutex::new(HashMap::new()),
             region: Mutex::new(DEFAULT_REGION.to_string()),
         };
@@ -624,6 +627,16 @@ impl FakeSts {
         *self.lifetime_override.lock() = lifetime.map(|d| d.as_secs());
     }
 
+    /// [`FakeSts::set_issued_lifetime`] for one role only (e.g. a chain's base, so that it
+    /// is re-issued while the role chained from it is not yet due). `None` removes it.
+    pub fn set_role_issued_lifetime(&self, role_arn: &str, lifetime: Option<std::time::Duration>) {
+        let mut map = self.role_lifetimes.lock();
+        match lifetime {
+            Some(d) => map.insert(role_arn.to_string(), d.as_secs()),
+            None => map.remove(role_arn),
+        };
+    }
+
     /// Sets a role's MaxSessionDuration (seconds); longer `DurationSeconds` are rejected.
     pub fn set_max_session_duration(&self, role_arn: &str, seconds: u64) {
         if let Some(role) = self.roles.lock().get_mut(role_arn) {
@@ -664,8 +677,10 @@ impl FakeSts {
 
     /// Fresh temporary credentials lasting `duration` (or the test override), and their
     /// expiry in Unix seconds.
-    fn new_credentials(&self, duration: u64) -> (IssuedCredentials, u64) {
-        let expires_at = unix_now() + self.lifetime_override.lock().unwrap_or(duration);
+    fn new_credentials(&self, role_arn: &str, duration: u64) -> (IssuedCredentials, u64) {
+        let lifetime = self.role_lifetimes.lock().get(role_arn).copied();
+        let lifetime = lifetime.or(*self.lifetime_override.lock());
+        let expires_at = unix_now() + lifetime.unwrap_or(duration);
         let creds = IssuedCredentials {
             access_key_id: format!("ASIA{}", random_chars(UPPER_ALNUM, 16)),
             secret_access_key: random_chars(SECRET_CHARS, 40),
@@ -812,7 +827,7 @@ impl FakeSts {
             ));
         }
 
-        let (creds, expires_at) = self.new_credentials(duration);
+        let (creds, expires_at) = self.new_credentials(role_arn, duration);
         self.register(
             creds.secret_access_key.clone(),
             Identity {

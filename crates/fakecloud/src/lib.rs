@@ -178,6 +178,11 @@ impl Cloudscape {
             sidecar::AWS_READER_ROLE_ARN,
             &opts.service_account.subject(),
         );
+        sts.trust_role(
+            sidecar::AWS_CHAINED_ROLE_ARN,
+            DEMO_ROLE_ARN,
+            Some(sidecar::AWS_CHAINED_EXTERNAL_ID),
+        );
         let entra =
             FakeEntra::start(issuer.clone(), &opts.service_account.subject(), loopback).await?;
         entra.add_federated_credential(
@@ -299,6 +304,8 @@ impl Cloudscape {
                 "admin": self.sts.admin_url(),
                 "role_arn": DEMO_ROLE_ARN,
                 "reader_role_arn": sidecar::AWS_READER_ROLE_ARN,
+                "chained_role_arn": sidecar::AWS_CHAINED_ROLE_ARN,
+                "chained_external_id": sidecar::AWS_CHAINED_EXTERNAL_ID,
                 "region": DEFAULT_REGION,
                 "account": DEMO_ACCOUNT,
             },

@@ -18,6 +18,11 @@ pub const AZURE_IDENTITY_HEADER: &str = "fakecloud-identity-header-0123456789abc
 /// Second identities the emulated clouds also trust for the pod's ServiceAccount (several
 /// identities per pod: `--aws-role`, `--azure-identity`, `--gcp-service-account`).
 pub const AWS_READER_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/credbroker-demo-reader";
+/// A role in another account that the demo role may assume (role chaining, `--aws-chained-role`),
+/// when it presents [`AWS_CHAINED_EXTERNAL_ID`].
+pub const AWS_CHAINED_ROLE_ARN: &str =
+    "arn:aws:iam::210987654321:role/credbroker-demo-cross-account";
+pub const AWS_CHAINED_EXTERNAL_ID: &str = "credbroker-demo-external-id";
 pub const AZURE_SECOND_CLIENT_ID: &str = "6c2d8e4f-1a3b-4c5d-9e8f-7a6b5c4d3e2f";
 pub const GCP_SECOND_SERVICE_ACCOUNT: &str =
     "credbroker-reports@credbroker-demo.iam.gserviceaccount.com";

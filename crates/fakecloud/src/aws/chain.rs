@@ -306,7 +306,7 @@ impl FakeSts {
         let source_identity = source_identity
             .map(str::to_string)
             .or_else(|| caller.source_identity.clone());
-        let (creds, expires_at) = self.new_credentials(duration);
+        let (creds, expires_at) = self.new_credentials(role_arn, duration);
         let assumed_arn = format!(
             "arn:{}:sts::{}:assumed-role/{}/{session}",
             arn.partition, arn.account, arn.name
