@@ -74,6 +74,31 @@ impl Seen {
     }
 }
 
+/// Every cloud's further identities, as `fakecloud`'s sidecar seeds them.
+fn identity_args() -> Vec<&'static str> {
+    use fakecloud::sidecar::*;
+    static ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    ARGS.get_or_init(|| {
+        vec![
+            "--aws-role".into(),
+            format!("reader={AWS_READER_ROLE_ARN}"),
+            "--aws-chained-role".into(),
+            format!("cross={AWS_CHAINED_ROLE_ARN}@default"),
+            "--aws-role-option".into(),
+            format!("cross:external-id={AWS_CHAINED_EXTERNAL_ID}"),
+            "--aws-role-option".into(),
+            "cross:tag=team=payments".into(),
+            "--azure-identity".into(),
+            AZURE_SECOND_CLIENT_ID.into(),
+            "--gcp-service-account".into(),
+            GCP_SECOND_SERVICE_ACCOUNT.into(),
+        ]
+    })
+    .iter()
+    .map(String::as_str)
+    .collect()
+}
+
 async fn exercise(broker: &Broker, seen: &mut Seen) {
     let a = broker.creds;
     let auth = broker.auth_token();
@@ -81,6 +106,19 @@ async fn exercise(broker: &Broker, seen: &mut Seen) {
     seen.secret(session.clone());
     let imds = [("X-aws-ec2-metadata-token", session.as_str())];
     let flavor = [("Metadata-Flavor", "Google")];
+    let second_sa = fakecloud::sidecar::GCP_SECOND_SERVICE_ACCOUNT;
+    let gcp_second_token =
+        format!("/computeMetadata/v1/instance/service-accounts/{second_sa}/token");
+    let gcp_second_identity = format!(
+        "/computeMetadata/v1/instance/service-accounts/{second_sa}/identity?audience=https://secrets.test"
+    );
+    let second_client = fakecloud::sidecar::AZURE_SECOND_CLIENT_ID;
+    let azure_second_imds = format!(
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net&client_id={second_client}"
+    );
+    let azure_second_app_service = format!(
+        "/msi/token?api-version=2019-08-01&resource=https://storage.azure.com/&client_id={second_client}"
+    );
     let requests: Vec<(&str, Vec<(&str, &str)>)> = vec![
         ("/v1/credentials", vec![("Authorization", auth.as_str())]),
         ("/v1/credentials", vec![("Authorization", "wrong")]),
@@ -148,6 +186,43 @@ async fn exercise(broker: &Broker, seen: &mut Seen) {
                 ("X-Forwarded-For", "10.1.1.1"),
             ],
         ),
+        // The other identities (several identities per pod): named, chained, unknown.
+        (
+            "/v1/credentials/reader",
+            vec![("Authorization", auth.as_str())],
+        ),
+        (
+            "/v1/credentials/cross",
+            vec![("Authorization", auth.as_str())],
+        ),
+        (
+            "/v1/credentials/nobody",
+            vec![("Authorization", auth.as_str())],
+        ),
+        ("/v1/credentials/cross", vec![("Authorization", "wrong")]),
+        (
+            "/latest/meta-data/iam/security-credentials/cross",
+            imds.to_vec(),
+        ),
+        (
+            "/latest/meta-data/iam/security-credentials/reader",
+            imds.to_vec(),
+        ),
+        (&gcp_second_token, flavor.to_vec()),
+        (&gcp_second_identity, flavor.to_vec()),
+        (
+            "/computeMetadata/v1/instance/service-accounts/nobody@x.iam.gserviceaccount.com/token",
+            flavor.to_vec(),
+        ),
+        (&azure_second_imds, vec![("Metadata", "true")]),
+        (
+            &azure_second_app_service,
+            vec![("X-IDENTITY-HEADER", AZURE_IDENTITY_HEADER)],
+        ),
+        (
+            "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net&client_id=00000000-0000-0000-0000-000000000000",
+            vec![("Metadata", "true")],
+        ),
     ];
     for (path, headers) in &requests {
         let r = get(a, path, headers).await;
@@ -177,7 +252,8 @@ async fn no_secret_in_any_output_at_trace_level() {
     let mut seen = Seen::default();
     seen.tokens(&scape);
     let env = all_clouds(&scape);
-    let broker = Broker::start_at_level(&dir.path().join("b"), &env, &[], "trace").await;
+    let broker =
+        Broker::start_at_level(&dir.path().join("b"), &env, &identity_args(), "trace").await;
     broker.wait_ready().await;
     seen.secret(broker.auth_token());
     seen.secret(AZURE_IDENTITY_HEADER);
