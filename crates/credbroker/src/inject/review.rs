@@ -53,6 +53,18 @@ impl<A: Accounts> Webhook<A> {
     }
 
     async fn answer(&self, body: &[u8]) -> (Value, Outcome) {
+        // JSON is UTF-8 (RFC 8259 §8.1), and the API server sends nothing else; serde_json checks
+        // only the strings it keeps, so an unknown field's invalid bytes would otherwise pass
+        // (found by fuzz/fuzz_targets/admission.rs; fuzz/regressions/admission/).
+        if let Err(e) = std::str::from_utf8(body) {
+            return (
+                invalid(&format!(
+                    "not an admission.k8s.io/v1 AdmissionReview: the body is not UTF-8 (byte {})",
+                    e.valid_up_to()
+                )),
+                Outcome::Malformed,
+            );
+        }
         let review: AdmissionReview<Pod> = match serde_json::from_slice(body) {
             Ok(r) => r,
             Err(e) => {

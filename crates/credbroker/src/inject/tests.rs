@@ -368,6 +368,38 @@ async fn malformed_oversized_and_non_pod_reviews_get_error_reviews() {
     );
 }
 
+/// Found by fuzz/fuzz_targets/admission.rs: a Pod review whose unknown field holds bytes that are
+/// not UTF-8 was parsed (serde_json skips ignored strings without checking them) and patched.
+#[tokio::test]
+async fn a_review_that_is_not_utf8_is_malformed() {
+    let w = webhook();
+    let mut review: Value = serde_json::from_slice(&review_of(pod("aws"))).unwrap();
+    review["request"]["object"]["spec"]["unknownField"] = json!("PLACEHOLDER");
+    let text = review.to_string();
+    let mut body = Vec::new();
+    let (before, after) = text.split_once("PLACEHOLDER").unwrap();
+    body.extend_from_slice(before.as_bytes());
+    body.extend_from_slice(&[0xff, 0xfe]);
+    body.extend_from_slice(after.as_bytes());
+    assert!(std::str::from_utf8(&body).is_err());
+    let review = w.review(Ok(Bytes::from(body))).await;
+    assert_eq!(review["response"]["allowed"], false, "{review}");
+    assert!(
+        review["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not UTF-8"),
+        "{review}"
+    );
+    let replayed = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fuzz/regressions/admission/invalid-utf8-in-unknown-field"
+    ))
+    .unwrap();
+    let review = w.review(Ok(Bytes::from(replayed))).await;
+    assert_eq!(review["response"]["allowed"], false, "{review}");
+}
+
 #[tokio::test]
 async fn extra_identities_from_the_service_account_and_a_role_per_container() {
     let mut p = pod("multi");
