@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod clouds;
 pub mod config;
+pub mod cpus;
 pub mod demo;
 pub mod exchange;
 pub mod fsutil;
