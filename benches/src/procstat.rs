@@ -21,6 +21,18 @@ pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) as f64 / clock_ticks_per_second())
 }
 
+/// User + system CPU seconds of this process's children that have exited and been waited for
+/// (`getrusage(RUSAGE_CHILDREN)`): the difference around one child's run is that child's CPU.
+pub fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes one `rusage` into the zeroed struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
 fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions; it only reads a system constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

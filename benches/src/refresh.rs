@@ -304,7 +304,7 @@ async fn herd(target: Target, clients: usize) -> Result<Herd, String> {
             gcp: true,
             azure: false,
         },
-        Target::AzureImds => Clouds {
+        Target::AzureImds | Target::AzureAppService => Clouds {
             aws: false,
             gcp: false,
             azure: true,

@@ -68,12 +68,20 @@ pub fn sidecar_env(desc: &Value, clouds: Clouds) -> Vec<(String, String)> {
     env
 }
 
-/// `credbroker serve` flags besides the listeners: the AWS `Authorization` file.
+/// The App Service `X-IDENTITY-HEADER` value the bench's broker is started with.
+pub const AZURE_IDENTITY_HEADER: &str = "credbroker-bench-identity-header";
+
+/// `credbroker serve` flags besides the listeners: the AWS `Authorization` file, and the App
+/// Service identity header (which enables `/msi/token`).
 pub fn serve_flags(clouds: Clouds, aws_auth_file: &Path) -> Vec<String> {
     let mut flags = Vec::new();
     if clouds.aws {
         flags.push("--aws-auth-token-file".to_string());
         flags.push(aws_auth_file.display().to_string());
+    }
+    if clouds.azure {
+        flags.push("--azure-identity-header".to_string());
+        flags.push(AZURE_IDENTITY_HEADER.to_string());
     }
     flags
 }
