@@ -184,9 +184,14 @@ def render_sizing(S, w):
             row = []
             for l in labels:
                 s = _by(c, l)
+                perf = ""
+                if s and s.get("syscalls_per_req", {}).get("n"):
+                    perf = (f"; per request {_f(_med(s['context_switches_per_req']), 2)} cs, "
+                            f"{_f(_med(s['syscalls_per_req']), 2)} syscalls, "
+                            f"{_f(_med(s['task_clock_us_per_req']), 1)} µs CPU")
                 row.append("–" if not s else f"{_f(_med(s['rps']))} req/s, {_f(_med(s['rps_ratio']), 2)}×; "
                                              f"p99 {_f(_med(s['p99_us']))} µs ({_f(_med(s['p99_ratio']), 2)}×); "
-                                             f"busy {_f((_med(s['server_busy']) or 0) * 100)} %")
+                                             f"busy {_f((_med(s['server_busy']) or 0) * 100)} %{perf}")
             w(f"| {c['surface']} {c['connections']} | " + " | ".join(row) + f" | {c['valid_rounds']}/{len(c['rounds'])}"
               + (" VOID" if c["void"] else "") + " |")
         w("\nCommands: " + "; ".join(f"{l}: `{cmds[l].strip()}`" for l in labels))

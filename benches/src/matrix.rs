@@ -90,6 +90,8 @@ pub struct MatrixConfig {
     pub aa: AaRule,
     /// Seconds the brokers idle after start before their idle RSS is read.
     pub idle: f64,
+    /// `perf stat` each server over each run (context switches, syscalls, task-clock).
+    pub perf: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -129,6 +131,10 @@ pub struct ServerSummary {
     pub server_us_per_req: Spread,
     pub client_busy: Spread,
     pub client_us_per_req: Spread,
+    /// perf stat on the server, per request (with `--perf-stat`).
+    pub context_switches_per_req: Spread,
+    pub syscalls_per_req: Spread,
+    pub task_clock_us_per_req: Spread,
     pub bytes_per_response: Option<f64>,
     pub errors: u64,
 }
@@ -444,6 +450,7 @@ impl MatrixConfig {
             wrk_bin: &self.wrk_bin,
             own_threads: self.own_threads,
             scratch: dir,
+            perf: self.perf,
         })
     }
 
@@ -653,6 +660,9 @@ fn summarise(
                 server_us_per_req: of(&|s| s.server_us_per_req()),
                 client_busy: of(&|s| s.client_busy()),
                 client_us_per_req: of(&|s| s.client_us_per_req()),
+                context_switches_per_req: of(&|s| s.perf_per_req().map(|p| p.0)),
+                syscalls_per_req: of(&|s| s.perf_per_req().map(|p| p.1)),
+                task_clock_us_per_req: of(&|s| s.perf_per_req().map(|p| p.2)),
                 bytes_per_response: runs.first().and_then(|(s, _)| s.bytes_per_response),
                 errors: runs.iter().map(|(s, _)| s.errors).sum(),
                 label,
@@ -689,6 +699,7 @@ mod tests {
             bytes_per_response: None,
             client_cpu_s: Some(0.5),
             server_cpu_s: Some(1.0),
+            perf: None,
         }
     }
 

@@ -51,6 +51,72 @@ pub struct RunStats {
     pub client_cpu_s: Option<f64>,
     /// The server's user+system CPU seconds over the run.
     pub server_cpu_s: Option<f64>,
+    /// `perf stat` on the server over the run, when asked for.
+    #[serde(default)]
+    pub perf: Option<PerfCounts>,
+}
+
+/// Software counters and the syscall tracepoint, from `perf stat -p SERVER` around the run
+/// (a tool no one here wrote; counts, so they hold on a busy machine where times do not).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PerfCounts {
+    pub task_clock_ms: f64,
+    pub context_switches: f64,
+    pub cpu_migrations: f64,
+    pub syscalls: f64,
+}
+
+const PERF_EVENTS: &str = "task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter";
+
+impl PerfCounts {
+    /// `perf stat -x,` output: `value,unit,event,…` per line.
+    pub fn parse(text: &str) -> Option<PerfCounts> {
+        let mut c = PerfCounts::default();
+        let mut seen = 0;
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(',').collect();
+            let (Some(v), Some(event)) = (f.first(), f.get(2)) else {
+                continue;
+            };
+            let Ok(v) = v.parse::<f64>() else {
+                continue;
+            };
+            let slot = match *event {
+                "task-clock" => &mut c.task_clock_ms,
+                "context-switches" => &mut c.context_switches,
+                "cpu-migrations" => &mut c.cpu_migrations,
+                "raw_syscalls:sys_enter" => &mut c.syscalls,
+                _ => continue,
+            };
+            *slot = v;
+            seen += 1;
+        }
+        (seen > 0).then_some(c)
+    }
+}
+
+/// `perf stat` attached to a process until stopped.
+struct PerfStat(std::process::Child);
+
+impl PerfStat {
+    fn start(pid: u32) -> Option<PerfStat> {
+        std::process::Command::new("perf")
+            .args(["stat", "-x,", "-e", PERF_EVENTS, "-p", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ok()
+            .map(PerfStat)
+    }
+
+    fn stop(self) -> Option<PerfCounts> {
+        let PerfStat(child) = self;
+        // SAFETY: kill(2) on our own child's pid; SIGINT makes perf stat print and exit.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        let out = child.wait_with_output().ok()?;
+        PerfCounts::parse(&String::from_utf8_lossy(&out.stderr))
+    }
 }
 
 impl RunStats {
@@ -70,6 +136,17 @@ impl RunStats {
     /// Share of one CPU the server used over the run.
     pub fn server_busy(&self) -> Option<f64> {
         self.server_cpu_s.map(|c| c / self.seconds.max(1e-9))
+    }
+
+    /// perf counts per request: (context switches, syscalls, task-clock µs).
+    pub fn perf_per_req(&self) -> Option<(f64, f64, f64)> {
+        let p = self.perf.as_ref().filter(|_| self.requests > 0)?;
+        let n = self.requests as f64;
+        Some((
+            p.context_switches / n,
+            p.syscalls / n,
+            p.task_clock_ms * 1e3 / n,
+        ))
     }
 
     pub fn client_busy(&self) -> Option<f64> {
@@ -98,6 +175,8 @@ pub struct ToolRun<'a> {
     pub own_threads: usize,
     /// A directory for the wrk script.
     pub scratch: &'a Path,
+    /// Attach `perf stat` to the server for the run.
+    pub perf: bool,
 }
 
 /// Runs the load; blocks until the generator exits.
@@ -133,6 +212,14 @@ pub fn run(r: &ToolRun) -> Result<RunStats, String> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let perf = if r.perf {
+        let p = PerfStat::start(r.server_pid);
+        // perf attaches asynchronously; give it a moment before the load starts.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        p
+    } else {
+        None
+    };
     let child_cpu0 = procstat::children_cpu_seconds();
     let server_cpu0 = procstat::cpu_seconds(r.server_pid).ok();
     let t0 = Instant::now();
@@ -142,6 +229,7 @@ pub fn run(r: &ToolRun) -> Result<RunStats, String> {
     let wall = t0.elapsed().as_secs_f64();
     let server_cpu1 = procstat::cpu_seconds(r.server_pid).ok();
     let client_cpu_s = procstat::children_cpu_seconds() - child_cpu0;
+    let perf = perf.and_then(PerfStat::stop);
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(format!(
@@ -173,6 +261,7 @@ pub fn run(r: &ToolRun) -> Result<RunStats, String> {
                 server_cpu_s: server_cpu0
                     .zip(server_cpu1)
                     .map(|(a, b)| (b - a) * seconds / wall.max(seconds)),
+                perf,
             })
         }
         Tool::Own => {
@@ -192,6 +281,7 @@ pub fn run(r: &ToolRun) -> Result<RunStats, String> {
                 // Both measured by the generator over its measured window (no warm-up).
                 client_cpu_s: l.client_cpu_s,
                 server_cpu_s: l.server_cpu_s,
+                perf,
             })
         }
     }

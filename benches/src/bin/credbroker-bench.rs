@@ -229,6 +229,9 @@ struct MatrixArgs {
     aa_p99: f64,
     #[arg(long, default_value_t = 2.0)]
     idle: f64,
+    /// Attach `perf stat` to the server for every run (context switches, syscalls, task-clock).
+    #[arg(long)]
+    perf_stat: bool,
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -285,6 +288,7 @@ impl MatrixArgs {
                 p99: self.aa_p99,
             },
             idle: self.idle,
+            perf: self.perf_stat,
         })
     }
 }
