@@ -146,6 +146,7 @@ impl CloudConfig for AzureConfig {
             cache: cache.clone(),
             identity: identity.clone(),
             clock: shared.clock.clone(),
+            parsed: Default::default(),
         });
         let surfaces: Vec<Arc<dyn Surface>> = vec![
             Arc::new(ImdsSurface {

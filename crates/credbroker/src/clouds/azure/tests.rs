@@ -117,6 +117,7 @@ fn rig(life: Duration) -> Rig {
             msi_res_id: None,
         }),
         clock: Arc::new(ex.clock),
+        parsed: Default::default(),
     });
     Rig {
         ex,
@@ -792,4 +793,42 @@ fn futures_body(resp: crate::http::server::Resp) -> bytes::Bytes {
         .build()
         .unwrap();
     rt.block_on(resp.into_body().collect()).unwrap().to_bytes()
+}
+
+#[test]
+fn parse_memo_answers_as_parse_request() {
+    use super::surface::{ParseMemo, parse_request};
+    let memo = ParseMemo::default();
+    let vault = "api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net";
+    let arm = "api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F";
+    for _ in 0..2 {
+        let got = memo.parse(Some(vault), Flavor::Imds).unwrap();
+        assert_eq!(*got, parse_request(Some(vault), Flavor::Imds).unwrap());
+    }
+    // Each protocol has its own slot and its own rules (App Service needs 2019-08-01).
+    for _ in 0..2 {
+        assert_eq!(
+            memo.parse(Some(vault), Flavor::AppService).unwrap_err(),
+            parse_request(Some(vault), Flavor::AppService).unwrap_err()
+        );
+    }
+    assert_eq!(
+        memo.parse(Some(arm), Flavor::Imds).unwrap().resource,
+        "https://management.azure.com/"
+    );
+    assert_eq!(
+        memo.parse(Some(vault), Flavor::Imds).unwrap().resource,
+        "https://vault.azure.net"
+    );
+    // Refusals are not remembered: they are refused every time.
+    for _ in 0..2 {
+        assert!(memo.parse(Some("resource=x"), Flavor::Imds).is_err());
+        assert!(memo.parse(None, Flavor::Imds).is_err());
+        let dup = format!("{vault}&resource=https%3A%2F%2Fvault.azure.net");
+        assert!(memo.parse(Some(&dup), Flavor::Imds).is_err());
+    }
+    assert_eq!(
+        memo.parse(Some(vault), Flavor::Imds).unwrap().scope,
+        parse_request(Some(vault), Flavor::Imds).unwrap().scope
+    );
 }
