@@ -149,7 +149,7 @@ def main() -> None:
             if args.floor:
                 shape = {"status": 200, "body_len": len(body),
                          "headers": [[k.lower(), v] for k, v in hdrs.items()
-                                     if k.lower() not in ("content-length", "date")]}
+                                     if k.lower() not in ("content-length", "date", "connection")]}
                 fdump = outdir / "callgrind.floor"
                 faddr_file = tmp / f"floor-{target}"
                 floor = subprocess.Popen(callgrind(fdump) + [args.bench, "floor", "--shape", json.dumps(shape),
