@@ -57,7 +57,9 @@ const METADATA_HOSTS: &[&str] = &[
 /// absolute-form request target (`GET http://host/path`), which HTTP/1.1 says wins over `Host`.
 pub fn check(req: &Parts) -> Result<(), Refusal> {
     let h = &req.headers;
-    if PROXY_HEADERS.iter().any(|name| h.contains_key(name)) {
+    // One pass over the request's few headers, comparing names: five map lookups hashed each
+    // name (0.75k instructions per request, callgrind).
+    if h.keys().any(|k| PROXY_HEADERS.contains(k)) {
         return Err(Refusal::Proxied);
     }
     let mut hosts = h.get_all(http::header::HOST).iter();
