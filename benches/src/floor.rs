@@ -1,8 +1,9 @@
 //! The floor: a bare hyper HTTP/1.1 server answering every request with a fixed response of the
 //! same status, headers and body size as the broker's — what serving costs with no routing, no
 //! guard, no cache, no metrics. It is configured like the broker's listener (same hyper builder
-//! settings, `TCP_NODELAY`, one task per connection) and runs as its own process on the same
-//! number of runtime threads, so the two differ only by what the broker does per request.
+//! settings, `TCP_NODELAY`, one task per connection) and runs as its own process with its runtime
+//! sized as the broker's (`credbroker::cpus`), so the two differ only by what the broker does per
+//! request.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -52,8 +53,13 @@ struct Fixed {
     body: Bytes,
 }
 
-/// Serves `shape` on `listener` forever.
-pub async fn serve(listener: TcpListener, shape: &Shape) -> Result<(), String> {
+/// Serves `shape` on `listener` forever, with hyper's header-read timeout (as the broker's
+/// listener: 10 s) or, for `None`, without one.
+pub async fn serve(
+    listener: TcpListener,
+    shape: &Shape,
+    header_read_timeout: Option<Duration>,
+) -> Result<(), String> {
     let fixed = Arc::new(Fixed {
         status: StatusCode::from_u16(shape.status).map_err(|e| e.to_string())?,
         headers: shape
@@ -72,7 +78,7 @@ pub async fn serve(listener: TcpListener, shape: &Shape) -> Result<(), String> {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(header_read_timeout)
         .max_buf_size(16 * 1024)
         .keep_alive(true);
     loop {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 
@@ -35,7 +35,7 @@ pub struct LoadConfig {
 }
 
 /// What one run measured (latencies in microseconds).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadStats {
     pub connections: usize,
     pub seconds: f64,
@@ -51,6 +51,9 @@ pub struct LoadStats {
     pub server_cpu_s: Option<f64>,
     /// Server CPU microseconds per request.
     pub server_cpu_us_per_req: Option<f64>,
+    /// This process's (the generator's) user+system CPU seconds over the measured window.
+    #[serde(default)]
+    pub client_cpu_s: Option<f64>,
 }
 
 /// An open client connection.
@@ -146,13 +149,18 @@ pub async fn run(cfg: &LoadConfig) -> Result<LoadStats, String> {
         }));
     }
     let pid = cfg.server_pid;
+    let me = std::process::id();
     let cpu = tokio::spawn(async move {
-        let pid = pid?;
         sleep_until(measure_from).await;
-        let c0 = procstat::cpu_seconds(pid).ok()?;
+        let s0 = pid.and_then(|p| procstat::cpu_seconds(p).ok());
+        let m0 = procstat::cpu_seconds(me).ok();
         sleep_until(end).await;
-        let c1 = procstat::cpu_seconds(pid).ok()?;
-        Some(c1 - c0)
+        let s1 = pid.and_then(|p| procstat::cpu_seconds(p).ok());
+        let m1 = procstat::cpu_seconds(me).ok();
+        (
+            s0.zip(s1).map(|(a, b)| b - a),
+            m0.zip(m1).map(|(a, b)| b - a),
+        )
     });
     let mut all: Vec<f64> = Vec::new();
     let mut errors = 0;
@@ -161,7 +169,7 @@ pub async fn run(cfg: &LoadConfig) -> Result<LoadStats, String> {
         errors += e;
         all.extend(lat.into_iter().map(|ns| f64::from(ns) / 1000.0));
     }
-    let server_cpu_s = cpu.await.ok().flatten();
+    let (server_cpu_s, client_cpu_s) = cpu.await.unwrap_or((None, None));
     let requests = all.len() as u64;
     let seconds = cfg.duration.as_secs_f64();
     all.sort_by(f64::total_cmp);
@@ -181,5 +189,6 @@ pub async fn run(cfg: &LoadConfig) -> Result<LoadStats, String> {
         server_cpu_us_per_req: server_cpu_s
             .filter(|_| requests > 0)
             .map(|c| c * 1e6 / requests as f64),
+        client_cpu_s,
     })
 }

@@ -75,7 +75,7 @@ fn spread(v: impl Iterator<Item = f64>) -> Spread {
 }
 
 /// Polls `GET path` until it answers 200.
-async fn wait_http_ok(addr: SocketAddr, path: &str, proc_: &mut Proc) -> Result<(), String> {
+pub async fn wait_http_ok(addr: SocketAddr, path: &str, proc_: &mut Proc) -> Result<(), String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let spec = RequestSpec::get(&addr.to_string(), path);
     loop {
@@ -120,14 +120,29 @@ pub async fn start_broker(
     desc: &serde_json::Value,
     clouds: Clouds,
 ) -> Result<Broker, String> {
+    start_broker_placed(bin, dir, desc, clouds, &[], &[]).await
+}
+
+/// [`start_broker`] behind a command `prefix` (`taskset -c 1`, a cgroup entry) and with `extra`
+/// global flags (`--worker-threads 1`). `dir` is the instance's own: its files go there.
+pub async fn start_broker_placed(
+    bin: &Path,
+    dir: &Path,
+    desc: &serde_json::Value,
+    clouds: Clouds,
+    prefix: &[String],
+    extra: &[String],
+) -> Result<Broker, String> {
     let addr_file = dir.join("broker-addrs");
     let _ = std::fs::remove_file(&addr_file);
     let aws_auth_file = dir.join("aws-auth-token");
-    let mut cmd = Command::new(bin);
+    let mut cmd = crate::procs::command(prefix, bin);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(sidecar_env(desc, clouds, dir))
-        .args(["--log-level", "warn", "serve"])
+        .args(["--log-level", "warn"])
+        .args(extra)
+        .arg("serve")
         .args(["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
         .arg("--addr-file")
         .arg(&addr_file);

@@ -78,6 +78,18 @@ impl Drop for Proc {
     }
 }
 
+/// `program` behind a command prefix (`["taskset", "-c", "1"]`), or alone for an empty one.
+pub fn command(prefix: &[String], program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// `credentials=ADDR` / `ops=ADDR` lines of `--addr-file`.
 pub fn addr_of(addr_file: &str, key: &str) -> Option<std::net::SocketAddr> {
     addr_file.lines().find_map(|l| {

@@ -21,6 +21,27 @@ pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) as f64 / clock_ticks_per_second())
 }
 
+/// User + system CPU seconds of this process's children that have exited and been waited for
+/// (`getrusage(RUSAGE_CHILDREN)`): the difference around one child's run is that child's CPU.
+pub fn children_cpu_seconds() -> f64 {
+    // /proc/self/stat's cutime (16) and cstime (17): what getrusage(RUSAGE_CHILDREN) reports,
+    // in clock ticks, without unsafe code.
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // After ")": state is field 3 (skipped), so field N is at index N - 4.
+    let ticks = fields.get(12).copied().unwrap_or(0) + fields.get(13).copied().unwrap_or(0);
+    ticks as f64 / clock_ticks_per_second()
+}
+
 fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions; it only reads a system constant.
     #[allow(unsafe_code)]

@@ -306,7 +306,7 @@ async fn herd(target: Target, clients: usize) -> Result<Herd, String> {
     let clouds = match target {
         Target::AwsContainer | Target::AwsImds => Clouds::AWS,
         Target::GceToken => Clouds::GCP,
-        Target::AzureImds => Clouds::AZURE,
+        Target::AzureImds | Target::AzureAppService => Clouds::AZURE,
     };
     let mut broker = InProcess::start(clouds).await?;
     broker.wait_ready(Duration::from_secs(20)).await?;

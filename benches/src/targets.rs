@@ -1,15 +1,15 @@
-//! The four credential surfaces under test and the exact request an SDK sends to each for a
-//! cached credential (docs/aws.md, "Container credentials" and "IMDSv2";
-//! docs/gcp.md, "Metadata server"; docs/azure.md, "IMDS token endpoint").
+//! The five credential surfaces under test and the exact request an SDK sends to each for a
+//! cached credential (docs/aws.md, "Container credentials" and "IMDSv2"; docs/gcp.md, "Metadata
+//! server"; docs/azure.md, "IMDS token endpoint" and "App Service").
 
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::Empty;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A surface, named as in the report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// `GET /v1/credentials` with `Authorization` (AWS container credentials).
@@ -20,14 +20,17 @@ pub enum Target {
     GceToken,
     /// `GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=…` (Azure IMDS).
     AzureImds,
+    /// `GET /msi/token?api-version=2019-08-01&resource=…` with `X-IDENTITY-HEADER` (App Service).
+    AzureAppService,
 }
 
 impl Target {
-    pub const ALL: [Target; 4] = [
+    pub const ALL: [Target; 5] = [
         Target::AwsContainer,
         Target::AwsImds,
         Target::GceToken,
         Target::AzureImds,
+        Target::AzureAppService,
     ];
 
     pub fn name(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Target {
             Target::AwsImds => "aws-imds",
             Target::GceToken => "gce-token",
             Target::AzureImds => "azure-imds",
+            Target::AzureAppService => "azure-app-service",
         }
     }
 }
@@ -103,6 +107,16 @@ impl RequestSpec {
                     encode(AZURE_RESOURCE)
                 )
             }
+            Target::AzureAppService => {
+                headers.push((
+                    HeaderName::from_static("x-identity-header"),
+                    value(fakecloud::sidecar::AZURE_IDENTITY_HEADER),
+                ));
+                format!(
+                    "/msi/token?api-version=2019-08-01&resource={}",
+                    encode(AZURE_RESOURCE)
+                )
+            }
         };
         RequestSpec {
             method: Method::GET,
@@ -160,6 +174,51 @@ impl RequestSpec {
     }
 }
 
+/// A [`RequestSpec`] as plain strings: what `credbroker-bench gen --request` takes and what the
+/// wrk script is written from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireSpec {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestSpec {
+    pub fn to_wire(&self) -> WireSpec {
+        WireSpec {
+            method: self.method.to_string(),
+            path_and_query: self.path_and_query.clone(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    pub fn from_wire(w: &WireSpec) -> Result<RequestSpec, String> {
+        Ok(RequestSpec {
+            method: Method::from_bytes(w.method.as_bytes()).map_err(|e| e.to_string())?,
+            path_and_query: w.path_and_query.clone(),
+            headers: w
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    Ok((
+                        HeaderName::try_from(k.as_str()).map_err(|e| e.to_string())?,
+                        HeaderValue::try_from(v.as_str()).map_err(|e| e.to_string())?,
+                    ))
+                })
+                .collect::<Result<_, String>>()?,
+        })
+    }
+}
+
 fn value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).expect("header values built here are visible ASCII")
 }
@@ -199,5 +258,12 @@ mod tests {
         );
         assert_eq!(p.headers["x-aws-ec2-metadata-token"], "sess");
         assert_eq!(p.headers["host"], "127.0.0.1:1");
+        let a = RequestSpec::for_target(Target::AzureAppService, "127.0.0.1:1", &creds);
+        assert!(
+            a.path_and_query
+                .starts_with("/msi/token?api-version=2019-08-01&resource=")
+        );
+        let back = RequestSpec::from_wire(&a.to_wire()).unwrap();
+        assert_eq!(back.to_wire(), a.to_wire());
     }
 }

@@ -34,6 +34,29 @@ pub struct Cli {
         default_value = "info"
     )]
     pub log_level: String,
+
+    /// Runtime worker threads: auto (or 0) sizes the runtime to the CPUs this process may use
+    /// (affinity and cgroup CPU quota); 1 runs everything on one thread (tokio's current-thread
+    /// scheduler, the default under a CPU limit of one core or less).
+    #[arg(
+        long,
+        global = true,
+        env = "CREDBROKER_WORKER_THREADS",
+        default_value = "auto",
+        value_name = "N"
+    )]
+    pub worker_threads: crate::cpus::WorkerThreads,
+
+    /// Scheduler for the runtime (for measurements): auto is current-thread for one worker.
+    #[arg(
+        long,
+        global = true,
+        env = "CREDBROKER_RUNTIME_FLAVOR",
+        value_enum,
+        default_value_t,
+        hide = true
+    )]
+    pub runtime_flavor: crate::cpus::Flavor,
 }
 
 #[derive(Subcommand, Debug)]

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod clouds;
 pub mod config;
+pub mod cpus;
 #[cfg(feature = "demo")]
 mod demo;
 pub mod exchange;

@@ -11,11 +11,7 @@ use crate::config::Env;
 
 pub fn run(cli: Cli) -> ExitCode {
     init_logging(cli.log_format, &cli.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::cpus::runtime(cli.worker_threads, cli.runtime_flavor) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("credbroker: cannot start the runtime: {e}");

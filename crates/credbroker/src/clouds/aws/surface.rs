@@ -383,9 +383,44 @@ impl Surface for ImdsSurface {
 
 /// Stateless IMDSv2 session tokens: `expiry.nonce.hmac`, keyed per process. Verifying needs no
 /// table, so a flood of token PUTs costs no memory.
+///
+/// SDKs reuse one session token for its whole TTL (botocore: 6 h), so the last few tokens that
+/// verified are remembered with their expiry: a request presenting one of them (compared in
+/// constant time) skips the HMAC, which was a quarter of the instructions of serving IMDS
+/// credentials. Forged or altered tokens never match a remembered one and still get the HMAC.
 pub struct ImdsSessions {
     key: hmac::Key,
     clock: Arc<dyn Clock>,
+    verified: parking_lot::Mutex<Verified>,
+}
+
+/// Tokens that verified, with their expiry (Unix seconds); replaced round-robin.
+#[derive(Default)]
+struct Verified {
+    slots: [Option<(Box<str>, u64)>; VERIFIED_SLOTS],
+    next: usize,
+}
+
+/// One per client process that holds its own session token; more only costs an HMAC.
+const VERIFIED_SLOTS: usize = 4;
+
+impl Verified {
+    /// The expiry of `token` if it verified before.
+    fn expiry_of(&self, token: &str) -> Option<u64> {
+        // Every slot is compared, so the time taken does not tell which one matched.
+        let mut found = None;
+        for (t, expiry) in self.slots.iter().flatten() {
+            if crate::secret::constant_time_eq(t.as_bytes(), token.as_bytes()) {
+                found = Some(*expiry);
+            }
+        }
+        found
+    }
+
+    fn remember(&mut self, token: &str, expiry: u64) {
+        self.slots[self.next] = Some((token.into(), expiry));
+        self.next = (self.next + 1) % VERIFIED_SLOTS;
+    }
 }
 
 impl ImdsSessions {
@@ -393,7 +428,11 @@ impl ImdsSessions {
         let rng = aws_lc_rs::rand::SystemRandom::new();
         // Generating a key only fails if the OS RNG does, which is fatal anyway.
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).expect("system RNG available");
-        ImdsSessions { key, clock }
+        ImdsSessions {
+            key,
+            clock,
+            verified: parking_lot::Mutex::new(Verified::default()),
+        }
     }
 
     pub fn issue(&self, ttl_secs: u32) -> String {
@@ -408,6 +447,10 @@ impl ImdsSessions {
         if token.len() > 128 {
             return false;
         }
+        let now = self.clock.unix_secs();
+        if let Some(expiry) = self.verified.lock().expiry_of(token) {
+            return expiry > now;
+        }
         let Some((payload, tag)) = token.rsplit_once('.') else {
             return false;
         };
@@ -421,7 +464,13 @@ impl ImdsSessions {
             .split('.')
             .next()
             .and_then(|e| e.parse::<u64>().ok());
-        expiry.is_some_and(|e| e > self.clock.unix_secs())
+        match expiry {
+            Some(e) if e > now => {
+                self.verified.lock().remember(token, e);
+                true
+            }
+            _ => false,
+        }
     }
 }
 

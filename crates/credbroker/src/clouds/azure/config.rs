@@ -1,6 +1,8 @@
 //! Azure configuration, from the variables the Azure Workload Identity webhook injects
 //! (docs/azure.md, "Workload identity webhook"), plus the sidecar's own flags.
 
+use std::sync::Arc;
+
 use std::path::PathBuf;
 
 use reqwest::Url;
@@ -84,7 +86,7 @@ fn parse_identity_header(value: &str) -> Result<Secret, String> {
 /// The identity this sidecar holds, as requests may name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    pub client_id: String,
+    pub client_id: Arc<str>,
     pub tenant_id: String,
     pub object_id: Option<String>,
     pub msi_res_id: Option<String>,
@@ -176,7 +178,7 @@ impl AzureConfig {
         Ok(Some(AzureConfig {
             others,
             identity: Identity {
-                client_id,
+                client_id: client_id.into(),
                 tenant_id,
                 object_id,
                 msi_res_id,
@@ -193,7 +195,7 @@ impl AzureConfig {
 /// A stand-in with only the client id, to compare against.
 fn others_or_default(client_id: &str) -> Identity {
     Identity {
-        client_id: client_id.to_string(),
+        client_id: client_id.into(),
         tenant_id: String::new(),
         object_id: None,
         msi_res_id: None,
@@ -219,7 +221,7 @@ fn other_identity(spec: &str, tenant_id: &str) -> Result<Identity, ConfigError> 
         }
     }
     Ok(Identity {
-        client_id,
+        client_id: client_id.into(),
         tenant_id: tenant_id.to_string(),
         object_id,
         msi_res_id,
@@ -406,7 +408,7 @@ mod tests {
     #[test]
     fn ids_are_validated_and_lower_cased() {
         let c = load(&[]).unwrap();
-        assert_eq!(c.identity.client_id, CLIENT.to_ascii_lowercase());
+        assert_eq!(&*c.identity.client_id, CLIENT.to_ascii_lowercase());
         assert_eq!(c.identity.tenant_id, TENANT);
         assert_eq!(
             load(&[("AZURE_CLIENT_ID", "not-a-guid")])

@@ -63,7 +63,7 @@ impl Cloud for Azure {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AzureKey {
     pub client_id: Arc<str>,
-    pub scope: String,
+    pub scope: Arc<str>,
     pub default: bool,
 }
 
@@ -162,7 +162,7 @@ impl CloudConfig for AzureConfig {
                 by.extend(id.object_id.iter().map(|o| format!("object_id={o}")));
                 by.extend(id.msi_res_id.iter().map(|r| format!("msi_res_id={r}")));
                 IdentityEnv {
-                    name: id.client_id.clone(),
+                    name: id.client_id.to_string(),
                     exports: Vec::new(),
                     how: format!(
                         "select it in code, e.g. ManagedIdentityCredential(client_id=\"{}\"), or by {} on either endpoint",
@@ -211,11 +211,11 @@ impl CloudConfig for AzureConfig {
                 let client = EntraClient {
                     http: shared.http.clone(),
                     token_url: self.token_url.clone(),
-                    client_id: id.client_id.clone(),
+                    client_id: id.client_id.to_string(),
                     token: token.clone(),
                     clock: shared.clock.clone(),
                 };
-                (Arc::<str>::from(id.client_id.as_str()), client)
+                (id.client_id.clone(), client)
             })
             .collect();
         let cache = Azure::cache(shared, AzureExchange { clients }, Some(&token)).build();
@@ -223,10 +223,11 @@ impl CloudConfig for AzureConfig {
             cache: cache.clone(),
             identities: Arc::new(identities.clone()),
             clock: shared.clock.clone(),
+            parsed: Default::default(),
         });
         tracing::info!(
             client_id = %self.identity.client_id,
-            other_identities = ?self.others.iter().map(|i| i.client_id.as_str()).collect::<Vec<_>>(),
+            other_identities = ?self.others.iter().map(|i| &*i.client_id).collect::<Vec<_>>(),
             tenant_id = %self.identity.tenant_id,
             token_url = %self.token_url,
             resources = ?self.resources,
@@ -238,7 +239,7 @@ impl CloudConfig for AzureConfig {
                 "client {} in tenant {}",
                 identities
                     .iter()
-                    .map(|i| i.client_id.as_str())
+                    .map(|i| &*i.client_id)
                     .collect::<Vec<_>>()
                     .join(", "),
                 self.identity.tenant_id
@@ -253,8 +254,8 @@ impl CloudConfig for AzureConfig {
         for (i, id) in identities.iter().enumerate() {
             for resource in &self.resources {
                 let key = AzureKey {
-                    client_id: Arc::from(id.client_id.as_str()),
-                    scope: scope_for(resource),
+                    client_id: id.client_id.clone(),
+                    scope: scope_for(resource).into(),
                     default: i == 0,
                 };
                 let label = match i {

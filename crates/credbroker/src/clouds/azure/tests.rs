@@ -54,7 +54,7 @@ impl Exchange<AzureKey> for Script {
 fn key(scope: &str) -> AzureKey {
     AzureKey {
         client_id: Arc::from(CLIENT),
-        scope: scope.to_string(),
+        scope: scope.into(),
         default: true,
     }
 }
@@ -88,6 +88,7 @@ fn rig(life: Duration) -> Rig {
             },
         ]),
         clock: Arc::new(ex.clock),
+        parsed: Default::default(),
     });
     Rig {
         ex,
@@ -579,7 +580,7 @@ mod against_fake_entra {
     fn scope_key() -> AzureKey {
         AzureKey {
             client_id: Arc::from(DEMO_CLIENT_ID),
-            scope: SCOPE.to_string(),
+            scope: SCOPE.into(),
             default: true,
         }
     }
@@ -703,7 +704,7 @@ mod against_fake_entra {
         let e = w
             .exchange
             .exchange(&AzureKey {
-                scope: "https://a/.default https://b/.default".to_string(),
+                scope: "https://a/.default https://b/.default".into(),
                 ..scope_key()
             })
             .await
@@ -837,5 +838,43 @@ async fn requests_select_each_managed_identity_as_azure_does() {
             .as_str()
             .unwrap()
             .contains("Identity not found")
+    );
+}
+
+#[test]
+fn parse_memo_answers_as_parse_request() {
+    use super::surface::{ParseMemo, parse_request};
+    let memo = ParseMemo::default();
+    let vault = "api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net";
+    let arm = "api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F";
+    for _ in 0..2 {
+        let got = memo.parse(Some(vault), Flavor::Imds).unwrap();
+        assert_eq!(*got, parse_request(Some(vault), Flavor::Imds).unwrap());
+    }
+    // Each protocol has its own slot and its own rules (App Service needs 2019-08-01).
+    for _ in 0..2 {
+        assert_eq!(
+            memo.parse(Some(vault), Flavor::AppService).unwrap_err(),
+            parse_request(Some(vault), Flavor::AppService).unwrap_err()
+        );
+    }
+    assert_eq!(
+        memo.parse(Some(arm), Flavor::Imds).unwrap().resource,
+        "https://management.azure.com/"
+    );
+    assert_eq!(
+        memo.parse(Some(vault), Flavor::Imds).unwrap().resource,
+        "https://vault.azure.net"
+    );
+    // Refusals are not remembered: they are refused every time.
+    for _ in 0..2 {
+        assert!(memo.parse(Some("resource=x"), Flavor::Imds).is_err());
+        assert!(memo.parse(None, Flavor::Imds).is_err());
+        let dup = format!("{vault}&resource=https%3A%2F%2Fvault.azure.net");
+        assert!(memo.parse(Some(&dup), Flavor::Imds).is_err());
+    }
+    assert_eq!(
+        memo.parse(Some(vault), Flavor::Imds).unwrap().scope,
+        parse_request(Some(vault), Flavor::Imds).unwrap().scope
     );
 }

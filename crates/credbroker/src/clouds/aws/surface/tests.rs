@@ -75,3 +75,34 @@ async fn imds_session_tokens_expire_and_resist_forgery() {
     tokio::time::sleep(Duration::from_secs(61)).await;
     assert!(!sessions.verify(&t), "expired session accepted");
 }
+
+#[tokio::test(start_paused = true)]
+async fn remembered_session_tokens_still_expire_and_forgeries_still_fail() {
+    let clock = Arc::new(TokioClock::now_wall());
+    let sessions = ImdsSessions::new(clock);
+    let short = sessions.issue(30);
+    let long = sessions.issue(21_600);
+    // Verified once (HMAC), then from memory.
+    for _ in 0..3 {
+        assert!(sessions.verify(&short));
+        assert!(sessions.verify(&long));
+    }
+    // A token differing from a remembered one in its last byte is checked, and refused.
+    let mut forged = long.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert!(!sessions.verify(&forged));
+    // More tokens than slots: the oldest are forgotten, and verify again by HMAC.
+    let many: Vec<String> = (0..6).map(|_| sessions.issue(600)).collect();
+    for t in &many {
+        assert!(sessions.verify(t));
+    }
+    assert!(sessions.verify(&short) && sessions.verify(&long));
+    // A remembered token expires like any other.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert!(
+        !sessions.verify(&short),
+        "remembered token outlived its expiry"
+    );
+    assert!(sessions.verify(&long));
+}

@@ -1,0 +1,3 @@
+module credbroker/benches/floor-go
+
+go 1.19
