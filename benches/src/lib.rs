@@ -4,8 +4,10 @@
 //! `scripts/bench` runs all of it and writes `target/bench-report.md`; `scripts/bench --smoke`
 //! is the short version CI runs so the benchmarks cannot rot.
 
+pub mod admission;
 pub mod fleet;
 pub mod floor;
+pub mod identities;
 pub mod inproc;
 pub mod load;
 pub mod loadsuite;

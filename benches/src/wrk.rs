@@ -43,12 +43,20 @@ fn lua_str(s: &str) -> String {
 /// The script for `spec`: method and headers (wrk derives `Host` and the path from the URL),
 /// and a `done` that prints the figures.
 pub fn script(spec: &WireSpec) -> String {
+    script_with_body(spec, None)
+}
+
+/// [`script`], with a request body (`wrk.body`), e.g. an AdmissionReview to POST.
+pub fn script_with_body(spec: &WireSpec, body: Option<&str>) -> String {
     let mut s = format!("wrk.method = {}\n", lua_str(&spec.method));
     for (k, v) in &spec.headers {
         if k.eq_ignore_ascii_case("host") {
             continue;
         }
         s.push_str(&format!("wrk.headers[{}] = {}\n", lua_str(k), lua_str(v)));
+    }
+    if let Some(body) = body {
+        s.push_str(&format!("wrk.body = {}\n", lua_str(body)));
     }
     s.push_str(&format!(
         r#"done = function(summary, latency, requests)

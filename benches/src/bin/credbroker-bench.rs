@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use credbroker::cpus::{Flavor, WorkerThreads};
-use credbroker_benches::fleet;
 use credbroker_benches::floor::{self, Shape};
 use credbroker_benches::load::{self, LoadConfig};
 use credbroker_benches::loadsuite::LoadSuite;
@@ -26,6 +25,7 @@ use credbroker_benches::placement::{Layout, Placement};
 use credbroker_benches::refresh;
 use credbroker_benches::targets::{RequestSpec, Target, WireSpec};
 use credbroker_benches::tool::Tool;
+use credbroker_benches::{admission, fleet, identities};
 
 #[derive(Parser)]
 #[command(
@@ -112,6 +112,34 @@ enum Cmd {
         samples: usize,
         #[arg(long, default_value_t = 1000)]
         clients: usize,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// `credbroker inject`: admission latency (ServiceAccount read excluded and included), wrk,
+    /// and the webhook's RSS.
+    Admission {
+        #[arg(long, default_value = "target/release/credbroker")]
+        broker: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        #[arg(long, default_value_t = 200)]
+        warmup: usize,
+        /// Seconds of the wrk run (0: none).
+        #[arg(long, default_value_t = 5)]
+        wrk_seconds: u64,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Several identities per pod over refresh cycles: exchanges per identity, chain
+    /// re-derivation.
+    Identities {
+        #[arg(long, default_value = "target/release/credbroker")]
+        broker: PathBuf,
+        /// Lifetime of every issued credential, seconds.
+        #[arg(long, default_value_t = 30)]
+        lifetime: u64,
+        #[arg(long, default_value_t = 150)]
+        seconds: u64,
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -391,6 +419,34 @@ async fn run(cmd: Cmd) -> Result<(), String> {
         } => {
             let report = refresh::run(samples.max(1), clients.max(1)).await?;
             emit(&report, out)
+        }
+        Cmd::Admission {
+            broker,
+            requests,
+            warmup,
+            wrk_seconds,
+            out,
+        } => {
+            let cfg = admission::AdmissionConfig {
+                broker,
+                requests: requests.max(1),
+                warmup,
+                wrk_seconds,
+            };
+            emit(&admission::run(&cfg).await?, out)
+        }
+        Cmd::Identities {
+            broker,
+            lifetime,
+            seconds,
+            out,
+        } => {
+            let cfg = identities::IdentitiesConfig {
+                broker,
+                lifetime: lifetime.max(1),
+                seconds: seconds.max(1),
+            };
+            emit(&identities::run(&cfg).await?, out)
         }
         Cmd::Fleet { pods, out } => {
             let results: Vec<_> = fleet::scenarios(pods.max(1))

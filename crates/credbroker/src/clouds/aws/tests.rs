@@ -271,3 +271,42 @@ async fn a_denied_second_hop_is_that_identitys_failure_alone() {
     assert_eq!(labels, ["audit"], "{why}");
     assert!(why.to_string().contains("AccessDenied"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_chain_as_long_lived_as_its_base_is_derived_once_per_base_session() {
+    // Base and chain both live an hour and both refresh at about half-life: whichever refresh
+    // comes first, each base session signs one chained call (fresh_base, follow_base).
+    let r = rig(mins(60));
+    r.get("/v1/credentials/audit").await;
+    for _ in 0..(10 * 60) {
+        advance(mins(1)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let bases: Vec<String> = r
+        .sts
+        .calls
+        .lock()
+        .iter()
+        .filter(|c| c.base.is_none() && c.role.ends_with("/app"))
+        .map(|c| c.role.clone())
+        .collect();
+    let chained = r.sts.chained_calls();
+    let signers: std::collections::BTreeSet<_> =
+        chained.iter().filter_map(|c| c.base.clone()).collect();
+    assert!(
+        bases.len() >= 18,
+        "ten hours of half-hour refreshes: {}",
+        bases.len()
+    );
+    assert_eq!(
+        signers.len(),
+        chained.len(),
+        "a base session signed two chained calls: {chained:?}"
+    );
+    assert!(
+        chained.len() <= bases.len(),
+        "{} chained calls for {} base sessions",
+        chained.len(),
+        bases.len()
+    );
+}
