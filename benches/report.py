@@ -102,7 +102,7 @@ def main() -> int:
     d = Path(args.dir)
 
     names = ("matrix", "matrix_wrk", "sizing", "load", "refresh", "fleet", "startup", "startup_all", "startup_baseline",
-             "startup_all_baseline", "ttfc")
+             "startup_all_baseline", "ttfc", "admission", "identities")
     parts = {name: load(d / f"{name}.json") for name in names}
     loadavg_log = []
     if (d / "loadavg.jsonl").exists():
@@ -115,7 +115,7 @@ def main() -> int:
     baseline_bytes = base_bin.stat().st_size if base_bin and base_bin.exists() else None
 
     problems: list[str] = []
-    for name in ("matrix", "refresh", "fleet", "startup"):
+    for name in ("matrix", "refresh", "fleet", "startup", "admission", "identities"):
         if parts[name] is None:
             problems.append(f"part {name!r} produced no result")
     checks: list[tuple[str, str, str, bool | None]] = []  # what, figure, target, met
@@ -303,6 +303,45 @@ def main() -> int:
             w(f"| {r['name']} | {'±10 %' if r['jitter'] else 'none'} | {r['exchanges']:,} | {r['peak_rps']:,} | "
               f"{r['refresh_peak_rps']:,} | {r['refresh_p99_rps']:.0f} | {r['refresh_peak_per_min']:,} | "
               f"{fmt(r['outage_peak_rps'])} | {r['failed_exchanges']:,} | {r['pods_ever_without_credential']} |")
+
+    A, I = parts["admission"], parts["identities"]
+    if A:
+        w("\n## Admission webhook (`credbroker-bench admission`)\n")
+        w("An AdmissionReview of a labelled two-container pod whose ServiceAccount names all four clouds "
+          f"(the patch has {A['patch_operations']} operations). Latency in µs, sequential reviews on one "
+          "keep-alive connection, as the API server sends them.\n")
+        w("| what | p50 µs | p99 µs | max µs | reviews |")
+        w("|---|---:|---:|---:|---:|")
+        for label, q in (("review in process, ServiceAccount in memory (read excluded)", A["in_process"]),
+                         ("`credbroker inject` over HTTPS, ServiceAccount read from the API server (read included)", A["https"]),
+                         ("the same again (A/A control)", A["https_again"]),
+                         ("the ServiceAccount GET alone (emulated API server, same client)", A["api_read"])):
+            w(f"| {label} | {fmt(q['p50_us'])} | {fmt(q['p99_us'])} | {fmt(q['max_us'])} | {q['n']} |")
+        if A.get("wrk"):
+            x = A["wrk"]
+            w(f"| wrk, 1 connection, the same POST (read included) | {fmt(x['p50_us'])} | {fmt(x['p99_us'])} | – | "
+              f"{x['requests']:,} ({x['requests_per_s']:.0f}/s, {x['errors']} errors) |")
+        w(f"\nWebhook RSS: idle {A['rss_idle_kib'] / 1024:.1f} MiB, after the runs {A['rss_after_kib'] / 1024:.1f} MiB, "
+          f"peak {A['rss_peak_kib'] / 1024:.1f} MiB.")
+        checks.append(("admission p99, ServiceAccount read included (HTTPS)", f"{fmt(A['https']['p99_us'])} µs",
+                       "well inside the webhook's 5 s timeout", A["https"]["p99_us"] < 1_000_000))
+        if A.get("wrk") and A["wrk"]["errors"]:
+            problems.append(f"admission: wrk counted {A['wrk']['errors']} errors")
+    if I:
+        w("\n## Several identities per pod (`credbroker-bench identities`)\n")
+        w(f"The binary holding two AWS roles and one chained from the default, two Azure identities, two Google "
+          f"service accounts; every credential issued for {I['lifetime_s']} s; {I['seconds']} s run "
+          f"({I['cycles']:.1f} lifetimes). Counts from the emulators' logs.\n")
+        w("| cloud | identity | upstream call | exchanges | per lifetime |")
+        w("|---|---|---|---:|---:|")
+        for c in I["counts"]:
+            w(f"| {c['cloud']} | {c['identity']} | {c['how']} | {c['exchanges']} | {c['per_cycle']:.2f} |")
+        w(f"\nChained role: {I['chained_rederived']} calls signed with a new base session (re-derived), "
+          f"{I['chained_own_refresh']} on its own schedule, {I['chained_failed']} failed; from STS issuing a base "
+          f"session to the chained call signed with it: {spread(I['rederive_ms'], 1)} ms. GCP: {I['gcp_sts']} STS "
+          f"exchanges for {I['gcp_impersonations']} impersonations.")
+        if I["chained_failed"]:
+            problems.append(f"identities: {I['chained_failed']} chained calls failed")
 
     if problems:
         w("\n## Problems\n")
