@@ -198,6 +198,40 @@ async fn retry_after_is_honoured() {
     assert_eq!(ex.calls(), 2);
 }
 
+/// Issue 14, defect 3: after a token rotation, a key first asked for (a new Azure resource) whose
+/// first exchange is throttled with `Retry-After: 3` waits the 3 s, not the 1 s minimum interval
+/// a token change would otherwise allow; and a rotation during the wait does not cut it short.
+#[tokio::test(start_paused = true)]
+async fn retry_after_holds_for_a_new_key_across_token_changes() {
+    let ex = Scripted::new(mins(60));
+    let (tx, rx) = watch::channel(0u64);
+    let cache = cache_with(&ex, aws_policy(), Some(rx), KeyLimits::default());
+    cache.pin("first".into());
+    sleep(Duration::from_secs(1)).await;
+    tx.send(1).unwrap();
+    sleep(Duration::from_secs(1)).await;
+    ex.then_fail(
+        ExchangeError::transient("TooManyRequests", "throttled")
+            .with_retry_after(Some(Duration::from_secs(3))),
+    );
+    let _ = cache.slot(&"new-resource".to_string());
+    sleep(Duration::from_millis(10)).await;
+    let first = ex.times("new-resource");
+    assert_eq!(first.len(), 1);
+    for i in 2..=5u64 {
+        sleep(Duration::from_millis(500)).await;
+        tx.send(i).unwrap();
+    }
+    sleep(Duration::from_secs(2)).await;
+    let times = ex.times("new-resource");
+    assert_eq!(times.len(), 2, "{times:?}");
+    assert!(
+        times[1] - times[0] >= Duration::from_secs(3),
+        "retried after {:?}",
+        times[1] - times[0]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn permanent_errors_are_not_retried_quickly() {
     let ex = Scripted::new(mins(60));
