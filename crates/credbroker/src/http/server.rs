@@ -313,6 +313,21 @@ pub fn respond(status: u16, content_type: &'static str, body: impl Into<Bytes>) 
     resp
 }
 
+/// Appends the decimal digits of `n` (what `write!(buf, "{n}")` writes).
+pub fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
+}
+
 pub fn text(status: u16, body: impl Into<Bytes>) -> Resp {
     respond(status, "text/plain; charset=utf-8", body)
 }

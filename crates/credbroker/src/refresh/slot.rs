@@ -189,9 +189,25 @@ impl<C> Slot<C> {
 
     /// Asks for a new exchange now, even though the held credential is valid (what it was
     /// derived from changed).
+    /// Any attempt that starts after this call satisfies it; one already in flight does not
+    /// (it may be using what changed).
     pub fn refresh_now(&self) {
         self.refresh.store(true, Ordering::SeqCst);
         self.kick.notify_one();
+    }
+
+    /// As [`Slot::refresh_now`], except that an exchange already in flight satisfies it (the
+    /// caller wants a newer credential, not a different input): asking then would run a second
+    /// exchange right after the first. Decided under the state's lock, which
+    /// [`Slot::start_attempt`] also takes, so no attempt can start unseen in between.
+    pub fn refresh_unless_in_flight(&self) {
+        self.state.send_if_modified(|s| {
+            if !s.in_flight {
+                self.refresh.store(true, Ordering::SeqCst);
+                self.kick.notify_one();
+            }
+            false
+        });
     }
 
     pub(super) fn take_refresh(&self) -> bool {
@@ -202,8 +218,13 @@ impl<C> Slot<C> {
         self.state.borrow().error.is_some()
     }
 
+    /// Marks an exchange in flight. It satisfies every refresh asked for before it, so the
+    /// request is cleared in the same step.
     pub(super) fn start_attempt(&self) {
-        self.state.send_modify(|s| s.in_flight = true);
+        self.state.send_modify(|s| {
+            self.refresh.store(false, Ordering::SeqCst);
+            s.in_flight = true
+        });
     }
 
     pub(super) fn succeed(&self, cred: Arc<Issued<C>>) {

@@ -407,3 +407,33 @@ async fn metrics_count_exchanges_and_expiry() {
         "{text}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_asked_during_an_exchange_is_satisfied_by_it_only_when_allowed() {
+    // `fresh_base` asks for a newer base session while the base's own refresh may already be
+    // running: that exchange is the newer session. `refresh_now` (a changed input) is not
+    // satisfied by an exchange that started before it. (The exchange here takes 100 ms.)
+    for (newer_is_enough, expected_calls) in [(true, 1), (false, 2)] {
+        let ex = Scripted::new(mins(60));
+        let cache = cache(&ex);
+        let slot = cache.pin("base".into());
+        sleep(Duration::from_millis(50)).await;
+        assert!(slot.subscribe().borrow().in_flight);
+        if newer_is_enough {
+            slot.refresh_unless_in_flight();
+        } else {
+            slot.refresh_now();
+        }
+        sleep(mins(5)).await;
+        assert_eq!(ex.calls(), expected_calls, "newer_is_enough={newer_is_enough}");
+    }
+    // Asked while idle, both refresh once.
+    let ex = Scripted::new(mins(60));
+    let cache = cache(&ex);
+    let slot = cache.pin("base".into());
+    slot.get(Duration::from_secs(2)).await.unwrap();
+    sleep(mins(1)).await;
+    slot.refresh_unless_in_flight();
+    sleep(mins(5)).await;
+    assert_eq!(ex.calls(), 2);
+}

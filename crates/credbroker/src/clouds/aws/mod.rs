@@ -144,7 +144,8 @@ async fn fresh_base<S: StsApi>(
     }
     let slot = cache.slot(base_key);
     let mut rx = slot.subscribe();
-    slot.refresh_now();
+    // The base's own refresh may be under way already: then that one is waited for.
+    slot.refresh_unless_in_flight();
     let old = held.value.sts.access_key_id.clone();
     let renewed = tokio::time::timeout(BASE_WAIT, async {
         loop {

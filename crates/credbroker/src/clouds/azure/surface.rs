@@ -17,7 +17,7 @@ use super::config::{Identity, check_resource, scope_for};
 use crate::clock::Clock;
 use crate::exchange::Exchange;
 use crate::http::guard::Refusal;
-use crate::http::server::{Resp, json, respond};
+use crate::http::server::{Resp, json, push_u64, respond};
 use crate::refresh::{Cache, Issued, Unavailable};
 use crate::secret::{Secret, WipedBuf, constant_time_eq};
 use crate::surface::{BoxFuture, Claim, ErrorShape, Surface, no_credential};
@@ -246,21 +246,6 @@ pub fn render(
     })();
     debug_assert!(buf.len() <= room, "the body outgrew its buffer");
     respond(200, "application/json", WipedBuf::bytes(buf))
-}
-
-/// Appends the decimal digits of `n` (what `write!(buf, "{n}")` writes).
-fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
 }
 
 /// Azure's "no token": `{error, error_description}`, Entra's own 4xx and `error` with the AADSTS

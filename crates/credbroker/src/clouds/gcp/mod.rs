@@ -346,9 +346,11 @@ impl CloudConfig for GcpConfig {
         let email = self.email();
         let tree = MetadataTree::build(&self, &email, &default_scopes);
         let others: Vec<Arc<str>> = impersonations.others.keys().cloned().collect();
+        let default = AccessKey::new(Account::Default, default_scopes.clone());
         let surface = MetadataSurface {
             access: access.clone(),
             default_scopes: default_scopes.clone(),
+            default_slot: access.pin(default.clone()),
             ids,
             default_impersonated: self.impersonation.is_some(),
             tree,
@@ -372,7 +374,6 @@ impl CloudConfig for GcpConfig {
             "gcp enabled"
         );
         let scopes = default_scopes.to_string();
-        let default = AccessKey::new(Account::Default, default_scopes.clone());
         let mut runtime = Runtime::new(Gcp::NAME)
             .surface(Arc::new(surface))
             .hold(Pinned::new(

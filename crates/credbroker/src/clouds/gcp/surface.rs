@@ -23,8 +23,8 @@ use super::sts::AccessToken;
 use super::{AccessExchange, IdExchange};
 use crate::exchange::Exchange;
 use crate::http::guard::Refusal;
-use crate::http::server::{Resp, json, respond};
-use crate::refresh::{Cache, Unavailable};
+use crate::http::server::{Resp, json, push_u64, respond};
+use crate::refresh::{Cache, Slot, Unavailable};
 use crate::secret::{Secret, WipedBuf};
 use crate::surface::{BoxFuture, Claim, ErrorShape, Surface, no_credential};
 use crate::token::TokenSource;
@@ -206,6 +206,9 @@ where
 {
     pub access: Cache<AccessKey, A>,
     pub default_scopes: ScopeSet,
+    /// The default account's default-scope slot, pinned in `access`: the request nearly every
+    /// client sends goes straight to it, without hashing a key or taking the cache's lock.
+    pub default_slot: Arc<Slot<AccessToken>>,
     /// `None` when no account is impersonated: there is no service account to mint ID tokens for.
     pub ids: Option<Cache<IdFor, I>>,
     /// Whether the default account is impersonated (direct federation has no ID tokens).
@@ -294,11 +297,13 @@ fn token_body(token: &str, expires_in: u64) -> Bytes {
     const HEAD: &[u8] = br#"{"access_token":""#;
     const MID: &[u8] = br#"","expires_in":"#;
     const TAIL: &[u8] = br#","token_type":"Bearer"}"#;
-    let n = expires_in.to_string();
-    let mut buf = Vec::with_capacity(HEAD.len() + token.len() + MID.len() + n.len() + TAIL.len());
-    for part in [HEAD, token.as_bytes(), MID, n.as_bytes(), TAIL] {
-        buf.extend_from_slice(part);
-    }
+    // 20 digits hold any u64; written by hand, as `to_string` would allocate.
+    let mut buf = Vec::with_capacity(HEAD.len() + token.len() + MID.len() + 20 + TAIL.len());
+    buf.extend_from_slice(HEAD);
+    buf.extend_from_slice(token.as_bytes());
+    buf.extend_from_slice(MID);
+    push_u64(&mut buf, expires_in);
+    buf.extend_from_slice(TAIL);
     WipedBuf::bytes(buf)
 }
 
@@ -421,12 +426,16 @@ where
             Ok(s) => s,
             Err(why) => return error(400, &why),
         };
-        let scopes = asked.unwrap_or_else(|| self.default_scopes.clone());
-        match self
-            .access
-            .get(&AccessKey::new(account, scopes), WAIT)
-            .await
-        {
+        let got = match (asked, account) {
+            (None, Account::Default) => self.default_slot.get(WAIT).await,
+            (asked, account) => {
+                let scopes = asked.unwrap_or_else(|| self.default_scopes.clone());
+                self.access
+                    .get(&AccessKey::new(account, scopes), WAIT)
+                    .await
+            }
+        };
+        match got {
             Ok(cred) => {
                 // The remaining lifetime now, never 0 (Go rejects 0; the cache never serves
                 // a token with under 5 s left).

@@ -145,7 +145,7 @@ impl Rig {
             .metrics(metrics.clone())
             .build();
         let default_scopes = ScopeSet::default_set();
-        access.pin(AccessKey::new(Account::Default, default_scopes.clone()));
+        let default_slot = access.pin(AccessKey::new(Account::Default, default_scopes.clone()));
         let ids = (impersonate || !others.is_empty()).then(|| {
             Gcp::cache_builder(FakeId {
                 clock: clock.clone(),
@@ -163,6 +163,7 @@ impl Rig {
                 access,
                 tree: MetadataTree::build(&cfg, &email, &default_scopes),
                 default_scopes,
+                default_slot,
                 ids,
                 default_impersonated: impersonate,
                 email,
@@ -322,6 +323,28 @@ async fn scope_sets_are_normalised_and_distinct() {
         .md("instance/service-accounts/default/token?scopes=bad%01scope")
         .await;
     assert_eq!(status, 400);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_slot_is_the_cache_entry_for_the_default_scopes() {
+    // No `?scopes=` takes the surface's pinned slot directly; the same scopes spelled out (in
+    // either order), or the account named by its email, must reach the same credential.
+    let rig = Rig::new(true, HOUR, FAST);
+    let default = rig.token("").await["access_token"].clone();
+    let spelled = rig
+        .token("?scopes=https://www.googleapis.com/auth/userinfo.email,https://www.googleapis.com/auth/cloud-platform")
+        .await["access_token"]
+        .clone();
+    let email = rig.surface.email.clone();
+    let (status, _, body) = rig
+        .md(&format!("instance/service-accounts/{email}/token"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let by_email: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(spelled, default);
+    assert_eq!(by_email["access_token"], default);
+    assert_eq!(rig.exchanger().calls.load(Ordering::SeqCst), 1);
+    assert_eq!(rig.surface.access.len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
