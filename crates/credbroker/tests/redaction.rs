@@ -70,10 +70,7 @@ fn aws_credentials() {
 
 #[test]
 fn google_and_entra_tokens() {
-    let t = AccessToken {
-        token: Secret::new(ACCESS),
-        expires_at: SystemTime::now(),
-    };
+    let t = AccessToken::new(Secret::new(ACCESS), SystemTime::now());
     assert_hidden(&format!("{t:?}"), &[ACCESS]);
     let e = EntraToken {
         access_token: Secret::new(ENTRA),

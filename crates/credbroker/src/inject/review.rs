@@ -33,6 +33,9 @@ pub struct Webhook<A: Accounts> {
     pub metrics: Arc<InjectMetrics>,
 }
 
+/// The only AdmissionReview version answered.
+const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
+
 /// What became of one review.
 enum Verdict {
     Patched(json_patch::Patch),
@@ -76,6 +79,17 @@ impl<A: Accounts> Webhook<A> {
                 return (invalid_request(body, &why), Outcome::Malformed);
             }
         };
+        // kube-core answers with the request's own apiVersion, whatever it is; the API server
+        // sends v1 (the configuration lists admissionReviewVersions ["v1"]), so anything else
+        // is not a review this webhook can answer (found by fuzz/fuzz_targets/admission.rs).
+        if review.types.api_version != REVIEW_API_VERSION || review.types.kind != "AdmissionReview"
+        {
+            let why = format!(
+                "not an {REVIEW_API_VERSION} AdmissionReview (apiVersion {:?}, kind {:?}); the webhook configuration must list admissionReviewVersions [\"v1\"]",
+                review.types.api_version, review.types.kind
+            );
+            return (invalid_request(body, &why), Outcome::Malformed);
+        }
         let request: AdmissionRequest<Pod> = match review.try_into() {
             Ok(r) => r,
             Err(e) => {

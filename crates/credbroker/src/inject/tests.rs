@@ -445,3 +445,36 @@ async fn extra_identities_from_the_service_account_and_a_role_per_container() {
             .contains("nobody")
     );
 }
+
+#[tokio::test]
+async fn a_review_of_another_version_is_refused_not_answered_in_it() {
+    // kube-core would answer in whatever apiVersion came in; the API server reads only the
+    // versions the configuration lists (v1), so a v0 review is malformed, and so is v1beta1.
+    let w = webhook();
+    for (version, kind) in [
+        ("admission.k8s.io/v0", "AdmissionReview"),
+        ("admission.k8s.io/v1beta1", "AdmissionReview"),
+        ("admission.k8s.io/v1", "AdmissionReviewList"),
+    ] {
+        let mut review: Value = serde_json::from_slice(&review_of(pod("aws"))).unwrap();
+        review["apiVersion"] = json!(version);
+        review["kind"] = json!(kind);
+        let uid = review["request"]["uid"].clone();
+        let answer = w.review(Ok(Bytes::from(review.to_string()))).await;
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1", "{answer}");
+        assert_eq!(answer["kind"], "AdmissionReview", "{answer}");
+        assert_eq!(answer["response"]["uid"], uid, "{answer}");
+        assert_eq!(answer["response"]["allowed"], false, "{answer}");
+        assert!(answer["response"].get("patch").is_none(), "{answer}");
+        let message = answer["response"]["status"]["message"].as_str().unwrap();
+        assert!(message.contains(version), "{message}");
+    }
+    let replayed = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fuzz/regressions/admission/review-api-version-v0"
+    ))
+    .unwrap();
+    let answer = w.review(Ok(Bytes::from(replayed))).await;
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1", "{answer}");
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+}

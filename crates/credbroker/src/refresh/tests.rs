@@ -425,7 +425,11 @@ async fn a_refresh_asked_during_an_exchange_is_satisfied_by_it_only_when_allowed
             slot.refresh_now();
         }
         sleep(mins(5)).await;
-        assert_eq!(ex.calls(), expected_calls, "newer_is_enough={newer_is_enough}");
+        assert_eq!(
+            ex.calls(),
+            expected_calls,
+            "newer_is_enough={newer_is_enough}"
+        );
     }
     // Asked while idle, both refresh once.
     let ex = Scripted::new(mins(60));

@@ -284,10 +284,11 @@ struct TokenBody<'a> {
 }
 
 /// The token response body in one exactly-sized buffer, wiped on drop. Google access tokens
-/// are URL-safe text that JSON needs no escaping for, so they are copied as they are (the
-/// bytes serde_json would write); anything else goes through serde_json.
-fn token_body(token: &str, expires_in: u64) -> Bytes {
-    if token.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+/// are URL-safe text that JSON needs no escaping for (`json_plain`, decided when the token was
+/// issued), so they are copied as they are (the bytes serde_json would write); anything else
+/// goes through serde_json.
+fn token_body(token: &str, json_plain: bool, expires_in: u64) -> Bytes {
+    if !json_plain {
         return WipedBuf::json(&TokenBody {
             access_token: token,
             expires_in,
@@ -443,7 +444,7 @@ where
                 respond(
                     200,
                     "application/json",
-                    token_body(cred.value.token.expose(), expires_in),
+                    token_body(cred.value.token.expose(), cred.value.json_plain, expires_in),
                 )
             }
             Err(u) => unavailable(&u),
@@ -524,7 +525,13 @@ mod body_tests {
                 token_type: "Bearer",
             })
             .unwrap();
-            assert_eq!(&token_body(token, 3599)[..], &expected[..], "{token:?}");
+            let plain = super::super::sts::json_plain(token);
+            assert_eq!(plain, !token.contains(['"', '\\', '\t']), "{token:?}");
+            assert_eq!(
+                &token_body(token, plain, 3599)[..],
+                &expected[..],
+                "{token:?}"
+            );
         }
     }
 }

@@ -60,10 +60,7 @@ impl Exchange<AccessKey> for FakeAccess {
         }
         let expires_at = self.clock.wall() + *self.life.lock();
         Ok(Fresh {
-            value: AccessToken {
-                token: Secret::new(format!("ya29.{n}.{key}")),
-                expires_at,
-            },
+            value: AccessToken::new(Secret::new(format!("ya29.{n}.{key}")), expires_at),
             expires_at,
         })
     }
