@@ -29,6 +29,9 @@ fn world() -> &'static World {
             let scape = fakecloud::Cloudscape::start(fakecloud::CloudscapeOptions::new(dir.join("cloud")))
                 .await
                 .unwrap();
+            // The sidecar writes its files (the AWS Authorization value, OCI's) there; as a
+            // pod's emptyDir would, the directory exists before it starts.
+            std::fs::create_dir_all(dir.join("files")).unwrap();
             let sidecar = scape
                 .sidecar(&fakecloud::sidecar::CLOUDS, &dir.join("files"))
                 .unwrap();
