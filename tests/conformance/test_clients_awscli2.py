@@ -5,7 +5,9 @@ the recording S3 fake; every request must be signed with the credentials the fak
 CLI v2 2.9.19 reads only the literal AWS_CONTAINER_AUTHORIZATION_TOKEN
 (awscli/botocore/credentials.py ContainerProvider._build_headers) and allows only the hosts
 169.254.170.2, localhost and 127.0.0.1 for an http FULL_URI (awscli/botocore/utils.py
-ContainerMetadataFetcher._ALLOWED_HOSTS). Not to be confused with the v1 CLI in the SDK venv.
+ContainerMetadataFetcher._ALLOWED_HOSTS). For IMDS it needs the endpoint with a trailing slash
+(IMDSFetcher._fetch_metadata_token concatenates 'latest/api/token'). Not to be confused with the v1
+CLI in the SDK venv.
 """
 
 from __future__ import annotations
@@ -78,9 +80,24 @@ def test_cli_v2_refuses_a_loopback_host_outside_its_allowlist(aws_broker, tmp_pa
     assert "Unsupported host '127.0.0.2'" in out.stderr, out.stderr
 
 
-def test_cli_v2_s3_through_imdsv2(fakecloud, aws_broker, tmp_path):
+def test_cli_v2_imds_needs_the_endpoint_with_a_trailing_slash(aws_broker, tmp_path):
+    # Its botocore builds `self._base_url + 'latest/api/token'` (awscli/botocore/utils.py,
+    # IMDSFetcher._fetch_metadata_token; METADATA_BASE_URL ends in "/"), so the endpoint as the
+    # contract exports it, without the slash, gives an invalid URL before any request is made.
     env = aws_broker.app_env()
     imds_only = {k: env[k] for k in ("AWS_EC2_METADATA_SERVICE_ENDPOINT", "AWS_REGION")}
+    assert not imds_only["AWS_EC2_METADATA_SERVICE_ENDPOINT"].endswith("/")
+    out = aws2(["s3", "ls", "s3://bucket", "--endpoint-url", "http://127.0.0.1:9"], imds_only, tmp_path)
+    assert out.returncode != 0
+    assert "latest/api/token" in out.stderr and "Invalid endpoint" in out.stderr, out.stderr
+
+
+def test_cli_v2_s3_through_imdsv2(fakecloud, aws_broker, tmp_path):
+    # With the slash the CLI asks for `/latest/...`; SDKs that append "/latest/..." to a slashed
+    # endpoint ask for `//latest/...`, which the listener serves the same way.
+    env = aws_broker.app_env()
+    imds_only = {k: env[k] for k in ("AWS_EC2_METADATA_SERVICE_ENDPOINT", "AWS_REGION")}
+    imds_only["AWS_EC2_METADATA_SERVICE_ENDPOINT"] += "/"
     before = surface_count(aws_broker, "aws-imds")
     with FakeS3(lambda akid: aws_issued_by_key(fakecloud, akid)) as s3:
         s3_round_trip(s3, imds_only, tmp_path)
