@@ -84,9 +84,12 @@ impl<A: Accounts> Webhook<A> {
         // is not a review this webhook can answer (found by fuzz/fuzz_targets/admission.rs).
         if review.types.api_version != REVIEW_API_VERSION || review.types.kind != "AdmissionReview"
         {
+            // Quoted, but bounded: the body is up to 4 MiB of someone else's text.
+            let shown = |s: &str| s.chars().take(64).collect::<String>();
             let why = format!(
                 "not an {REVIEW_API_VERSION} AdmissionReview (apiVersion {:?}, kind {:?}); the webhook configuration must list admissionReviewVersions [\"v1\"]",
-                review.types.api_version, review.types.kind
+                shown(&review.types.api_version),
+                shown(&review.types.kind)
             );
             return (invalid_request(body, &why), Outcome::Malformed);
         }

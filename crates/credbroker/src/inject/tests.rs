@@ -478,3 +478,16 @@ async fn a_review_of_another_version_is_refused_not_answered_in_it() {
     assert_eq!(answer["apiVersion"], "admission.k8s.io/v1", "{answer}");
     assert_eq!(answer["response"]["allowed"], false, "{answer}");
 }
+
+#[tokio::test]
+async fn a_long_foreign_api_version_is_quoted_only_in_part() {
+    let w = webhook();
+    let mut review: Value = serde_json::from_slice(&review_of(pod("aws"))).unwrap();
+    let long = "v".repeat(10_000);
+    review["apiVersion"] = json!(long);
+    let answer = w.review(Ok(Bytes::from(review.to_string()))).await;
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    assert!(message.contains(&"v".repeat(64)), "{message}");
+    assert!(!message.contains(&"v".repeat(65)), "{message}");
+}

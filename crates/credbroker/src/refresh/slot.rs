@@ -189,6 +189,7 @@ impl<C> Slot<C> {
 
     /// Asks for a new exchange now, even though the held credential is valid (what it was
     /// derived from changed).
+    ///
     /// Any attempt that starts after this call satisfies it; one already in flight does not
     /// (it may be using what changed).
     pub fn refresh_now(&self) {
