@@ -52,7 +52,15 @@ impl Claim {
 
 /// `path` is `root` or below it, with a `/` at the boundary.
 fn under(path: &str, root: &str, ignore_case: bool) -> bool {
-    let (p, r) = (path.as_bytes(), root.trim_end_matches('/').as_bytes());
+    under_trimmed(
+        path.as_bytes(),
+        root.trim_end_matches('/').as_bytes(),
+        ignore_case,
+    )
+}
+
+/// [`under`] for a root already without its trailing `/`.
+fn under_trimmed(p: &[u8], r: &[u8], ignore_case: bool) -> bool {
     if p.len() < r.len() {
         return false;
     }
@@ -103,8 +111,52 @@ pub struct ClaimConflict {
     pub second_claim: Claim,
 }
 
+/// A claim prepared for matching: trimmed once, so routing a request compares bytes only.
+struct Route {
+    /// `Exact`'s path, or a tree's root without its trailing `/`.
+    path: &'static [u8],
+    kind: RouteKind,
+    surface: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RouteKind {
+    Exact,
+    Tree { ignore_case: bool },
+}
+
+impl Route {
+    fn new(claim: Claim, surface: usize) -> Route {
+        let (path, kind) = match claim {
+            Claim::Exact(p) => (p, RouteKind::Exact),
+            Claim::Tree(p) => (
+                p.trim_end_matches('/'),
+                RouteKind::Tree { ignore_case: false },
+            ),
+            Claim::TreeIgnoreCase(p) => (
+                p.trim_end_matches('/'),
+                RouteKind::Tree { ignore_case: true },
+            ),
+        };
+        Route {
+            path: path.as_bytes(),
+            kind,
+            surface,
+        }
+    }
+
+    fn matches(&self, path: &[u8]) -> bool {
+        match self.kind {
+            RouteKind::Exact => path == self.path,
+            RouteKind::Tree { ignore_case } => under_trimmed(path, self.path, ignore_case),
+        }
+    }
+}
+
 pub struct Router {
     surfaces: Vec<Arc<dyn Surface>>,
+    /// Every surface's claims, in surface order (claims never overlap, so order is only speed).
+    routes: Vec<Route>,
     /// Each surface's `status="200"` request counter, looked up on its first 200: the common
     /// case then costs one atomic add instead of hashing a label set under the family's lock.
     ok_counters: Vec<OnceLock<Counter>>,
@@ -135,8 +187,14 @@ impl Router {
             metrics.declare_surface(s.name());
         }
         let ok_counters = surfaces.iter().map(|_| OnceLock::new()).collect();
+        let routes = surfaces
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.claims().iter().map(move |c| Route::new(*c, i)))
+            .collect();
         Ok(Router {
             surfaces,
+            routes,
             ok_counters,
             metrics,
         })
@@ -148,11 +206,14 @@ impl Router {
     }
 
     async fn dispatch(&self, req: &Parts) -> (Option<usize>, &'static str, Resp) {
-        let path = req.uri.path();
+        // Claims are matched from a table built once: asking each surface for its claims and
+        // trimming each root per request was ~0.6k instructions (callgrind, azure-imds).
+        let path = req.uri.path().as_bytes();
         let found = self
-            .surfaces
+            .routes
             .iter()
-            .position(|s| s.claims().iter().any(|c| c.matches(path)));
+            .find(|r| r.matches(path))
+            .map(|r| r.surface);
         match found {
             Some(i) => {
                 let surface = &self.surfaces[i];
@@ -266,6 +327,44 @@ mod tests {
         assert!(icase.matches("/METADATA/identity") && icase.matches("/metadata"));
         assert!(!icase.matches("/metadatax"));
         assert!(Claim::Exact("/").matches("/") && !Claim::Exact("/").matches("/x"));
+    }
+
+    #[test]
+    fn the_routing_table_matches_exactly_what_the_claims_do() {
+        let claims = [
+            Claim::Exact("/"),
+            Claim::Exact("/msi/token/"),
+            Claim::Tree("/latest"),
+            Claim::Tree("/latest/"),
+            Claim::TreeIgnoreCase("/metadata"),
+            Claim::Tree("/"),
+        ];
+        let paths = [
+            "",
+            "/",
+            "/x",
+            "/latest",
+            "/latest/",
+            "/latestx",
+            "/LATEST/a",
+            "/lat",
+            "/metadata",
+            "/METADATA/identity",
+            "/metadatax",
+            "/msi/token",
+            "/msi/token/",
+            "//latest",
+        ];
+        for claim in claims {
+            let route = Route::new(claim, 0);
+            for path in paths {
+                assert_eq!(
+                    route.matches(path.as_bytes()),
+                    claim.matches(path),
+                    "{claim:?} on {path:?}"
+                );
+            }
+        }
     }
 
     #[test]

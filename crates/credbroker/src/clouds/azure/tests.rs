@@ -71,9 +71,9 @@ fn rig(life: Duration) -> Rig {
     let cache = Azure::cache_builder(Script(ex.clone()))
         .clock(Arc::new(ex.clock))
         .build();
-    let tokens = Arc::new(Tokens {
-        cache: cache.clone(),
-        identities: Arc::new(vec![
+    let tokens = Arc::new(Tokens::new(
+        cache.clone(),
+        vec![
             Identity {
                 client_id: CLIENT.into(),
                 tenant_id: "t.example.com".into(),
@@ -86,10 +86,9 @@ fn rig(life: Duration) -> Rig {
                 object_id: None,
                 msi_res_id: Some(OTHER_RES.into()),
             },
-        ]),
-        clock: Arc::new(ex.clock),
-        parsed: Default::default(),
-    });
+        ],
+        Arc::new(ex.clock),
+    ));
     Rig {
         ex,
         cache,
@@ -211,6 +210,51 @@ async fn day_long_managed_identity_tokens_refresh_at_half_life() {
     assert_eq!(r.ex.calls(), 2, "not refreshed by 13.2 h");
     let c = slot.current().unwrap();
     assert!(c.remaining(Instant::now()) > Duration::from_secs(20 * 3600));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_pinned_through_tokens_is_served_from_the_cache_slot_without_a_second_exchange() {
+    use http_body_util::BodyExt;
+    let ex = Scripted::new(Duration::from_secs(3599));
+    let cache = Azure::cache_builder(Script(ex.clone()))
+        .clock(Arc::new(ex.clock))
+        .build();
+    let identity = Identity {
+        client_id: CLIENT.into(),
+        tenant_id: "t.example.com".into(),
+        object_id: None,
+        msi_res_id: None,
+    };
+    let mut tokens = Tokens::new(cache.clone(), vec![identity], Arc::new(ex.clock));
+    // As `start` pins `--azure-resources`: the scope the resource maps to.
+    let arm = key(&config::scope_for("https://management.azure.com/"));
+    let pinned = tokens.pin(arm.clone());
+    // The pinned slot is the cache's own entry (readiness and metrics see the same one).
+    assert!(Arc::ptr_eq(&pinned, &cache.pin(arm)));
+    let imds = ImdsSurface {
+        tokens: Arc::new(tokens),
+    };
+    for _ in 0..3 {
+        let resp = imds
+            .handle(&parts(
+                "GET",
+                "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/",
+                &[("metadata", "true")],
+            ))
+            .await;
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["resource"], "https://management.azure.com/");
+        assert_eq!(v["client_id"], CLIENT);
+    }
+    assert_eq!(
+        ex.calls(),
+        1,
+        "one exchange for the pinned key: {:?}",
+        ex.log.lock()
+    );
+    assert_eq!(cache.len(), 1, "no second entry for the same key");
 }
 
 #[tokio::test(start_paused = true)]
@@ -765,7 +809,7 @@ fn rendered_bodies_splice_the_pre_rendered_token() {
             ][..],
         ),
     ] {
-        let resp = render(flavor, &token, "https://a\"b/", "cid", 1_500);
+        let resp = render(flavor, &token, br#""https://a\"b/""#, br#""cid""#, 1_500);
         let body = futures_body(resp);
         let v: serde_json::Value = serde_json::from_slice(&body).expect("valid JSON");
         let obj = v.as_object().unwrap();
