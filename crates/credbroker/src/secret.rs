@@ -47,7 +47,23 @@ impl fmt::Display for Secret {
 /// Compares two byte strings in time independent of where they differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
-    a.len() == b.len() && bool::from(a.ct_eq(b))
+    if a.len() != b.len() {
+        return false;
+    }
+    // An XOR-OR fold eight bytes at a time: no branch or early exit depends on the contents,
+    // and the fold's result passes `subtle`'s barrier once. `subtle`'s slice comparison puts
+    // every byte through it: ~1.1k instructions per IMDSv2 request for one session token
+    // (callgrind), the largest single cost of that surface.
+    let (a_words, a_tail) = a.as_chunks::<8>();
+    let (b_words, b_tail) = b.as_chunks::<8>();
+    let mut diff = 0u64;
+    for (x, y) in a_words.iter().zip(b_words) {
+        diff |= u64::from_ne_bytes(*x) ^ u64::from_ne_bytes(*y);
+    }
+    for (x, y) in a_tail.iter().zip(b_tail) {
+        diff |= u64::from(x ^ y);
+    }
+    bool::from(std::hint::black_box(diff).ct_eq(&0))
 }
 
 /// A rendered response body that holds a secret; wiped when the last `Bytes` clone drops.
@@ -135,6 +151,17 @@ mod tests {
 
     #[test]
     fn constant_time_comparison() {
+        assert!(constant_time_eq(b"", b""));
+        // Every length around the word size, a difference at every position.
+        for len in 1..40 {
+            let a: Vec<u8> = (0..len as u8).collect();
+            assert!(constant_time_eq(&a, &a.clone()), "{len}");
+            for i in 0..len {
+                let mut b = a.clone();
+                b[i] ^= 0x80;
+                assert!(!constant_time_eq(&a, &b), "{len} at {i}");
+            }
+        }
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));

@@ -8,12 +8,12 @@
 //! or with `X-Forwarded-For`; 503 while a token is being fetched or upstream fails transiently;
 //! 403 or 404 with the upstream reason for a permanent denial.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderName, Method};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -23,7 +23,7 @@ use super::sts::AccessToken;
 use super::{AccessExchange, IdExchange};
 use crate::exchange::Exchange;
 use crate::http::guard::Refusal;
-use crate::http::server::{Resp, json, push_u64, respond};
+use crate::http::server::{HeaderSet, JSON_TYPE, Resp, push_u64};
 use crate::refresh::{Cache, Slot, Unavailable};
 use crate::secret::{Secret, WipedBuf};
 use crate::surface::{BoxFuture, Claim, ErrorShape, Surface, no_credential};
@@ -221,8 +221,25 @@ where
     pub ksa: Option<Arc<TokenSource>>,
 }
 
+/// Every answer carries `Metadata-Flavor: Google` (node's gcp-metadata throws without it, even
+/// on errors) and the server name GCE sends; the maps are built once ([`HeaderSet`]).
+static GOOGLE_TEXT: LazyLock<HeaderSet> = LazyLock::new(|| google_headers(TEXT));
+static GOOGLE_JSON: LazyLock<HeaderSet> = LazyLock::new(|| google_headers(JSON_TYPE));
+
+fn google_headers(content_type: &'static str) -> HeaderSet {
+    HeaderSet::new(&[
+        (http::header::CONTENT_TYPE, content_type),
+        (FLAVOR, "Google"),
+        (http::header::SERVER, "Metadata Server for VM"),
+    ])
+}
+
 fn text(status: u16, body: impl Into<Bytes>) -> Resp {
-    respond(status, TEXT, body)
+    GOOGLE_TEXT.respond(status, body)
+}
+
+fn json(status: u16, body: impl Into<Bytes>) -> Resp {
+    GOOGLE_JSON.respond(status, body)
 }
 
 /// The metadata server's error text (plain, as GCE and GKE answer).
@@ -261,18 +278,6 @@ fn unavailable(why: &Unavailable) -> Resp {
 
 fn wiped(bytes: Vec<u8>) -> Bytes {
     WipedBuf::bytes(bytes)
-}
-
-/// Every answer carries `Metadata-Flavor: Google` (node's gcp-metadata throws without it, even
-/// on errors) and the server name GCE sends.
-fn with_google_headers(mut resp: Resp) -> Resp {
-    let h = resp.headers_mut();
-    h.insert(FLAVOR, HeaderValue::from_static("Google"));
-    h.insert(
-        http::header::SERVER,
-        HeaderValue::from_static("Metadata Server for VM"),
-    );
-    resp
 }
 
 /// The token response (docs/gcp.md, "Metadata server").
@@ -441,9 +446,8 @@ where
                 // The remaining lifetime now, never 0 (Go rejects 0; the cache never serves
                 // a token with under 5 s left).
                 let expires_in = cred.remaining(tokio::time::Instant::now()).as_secs().max(1);
-                respond(
+                json(
                     200,
-                    "application/json",
                     token_body(cred.value.token.expose(), cred.value.json_plain, expires_in),
                 )
             }
@@ -498,11 +502,11 @@ where
     }
 
     fn refuse(&self, refusal: Refusal) -> Resp {
-        with_google_headers(error(403, refusal.message()))
+        error(403, refusal.message())
     }
 
     fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {
-        Box::pin(async move { with_google_headers(self.serve(req).await) })
+        Box::pin(self.serve(req))
     }
 }
 
