@@ -114,7 +114,7 @@ def render(M, w, title="Load matrix: broker vs floor (`credbroker-bench matrix`)
       f"to the floor's run of that round: median (min–max) over the valid rounds. **A/A control**: a second "
       f"floor instance (floor-b) is measured like any server; a round counts only if floor-b/floor is within "
       f"±{aa['rps'] * 100:.0f} % throughput and ±{aa['p99'] * 100:.0f} % p99, and a cell needs "
-      f"{M['min_valid']} valid rounds (after up to two extra rounds) or it is VOID. "
+      f"{M['min_valid']} valid rounds (after up to {M.get('extra_rounds', 2)} extra rounds) or it is VOID. "
       f"Pinned: servers `taskset -c {lay['server_cpu']}`, generator `taskset -c {lay['client_cpu']}`; "
       f"quota: server in a cgroup of {lay['quota']} CPU, generator pinned; unpinned: neither. "
       f"wrk: `{M['wrk_version']}`, `-t1 -cN -dS --latency` with a Lua script for the headers; ours: "

@@ -167,6 +167,7 @@ pub struct PlacementResult {
 pub struct MatrixReport {
     pub rounds: usize,
     pub min_valid: usize,
+    pub extra_rounds: usize,
     pub duration_s: f64,
     pub own_warmup_s: f64,
     pub own_threads: usize,
@@ -244,6 +245,7 @@ impl MatrixConfig {
         Ok(MatrixReport {
             rounds: self.rounds,
             min_valid: self.min_valid,
+            extra_rounds: self.extra_rounds,
             duration_s: self.duration,
             own_warmup_s: self.own_warmup,
             own_threads: self.own_threads,
