@@ -246,6 +246,7 @@ impl CloudConfig for GcpConfig {
                 "GOOGLE_APPLICATION_CREDENTIALS",
                 "CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE",
                 "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE",
+                "CLOUDSDK_AUTH_ACCESS_TOKEN",
                 "NO_GCE_CHECK",
                 "METADATA_SERVER_DETECTION",
             ],
