@@ -384,6 +384,30 @@ async fn idle_dynamic_keys_are_dropped_and_key_count_is_bounded() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_dynamic_key_pinned_later_is_kept_and_refreshed_like_a_pinned_one() {
+    let ex = Scripted::new(mins(60));
+    let limits = KeyLimits {
+        max_keys: 3,
+        idle_ttl: mins(90),
+    };
+    let cache = cache_with(&ex, aws_policy(), None, limits);
+    let key = "later".to_string();
+    let dynamic = cache.slot(&key);
+    dynamic.get(Duration::from_secs(2)).await.unwrap();
+    // Pinned after its task started as a dynamic key's: the same slot, listed once.
+    let pinned = cache.pin(key.clone());
+    assert!(Arc::ptr_eq(&dynamic, &pinned));
+    assert!(Arc::ptr_eq(&pinned, &cache.pin(key.clone())));
+    assert!(Arc::ptr_eq(&pinned, &cache.slot(&key)));
+    // Long past the idle TTL, with no reader: still held, still refreshed.
+    sleep(mins(300)).await;
+    assert_eq!(cache.len(), 1, "a pinned key was dropped as idle");
+    assert!(Arc::ptr_eq(&pinned, &cache.slot(&key)));
+    assert!(pinned.current().is_some(), "no valid credential held");
+    assert!(ex.calls() >= 5, "not refreshed: {} exchanges", ex.calls());
+}
+
+#[tokio::test(start_paused = true)]
 async fn metrics_count_exchanges_and_expiry() {
     let ex = Scripted::new(mins(60));
     let metrics = Arc::new(Metrics::new());

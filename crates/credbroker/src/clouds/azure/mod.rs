@@ -219,24 +219,11 @@ impl CloudConfig for AzureConfig {
             })
             .collect();
         let cache = Azure::cache(shared, AzureExchange { clients }, Some(&token)).build();
-        let mut tokens = Tokens::new(cache.clone(), identities.clone(), shared.clock.clone());
-        let mut pinned = Vec::new();
-        for (i, id) in identities.iter().enumerate() {
-            for resource in &self.resources {
-                let key = AzureKey {
-                    client_id: id.client_id.clone(),
-                    scope: scope_for(resource).into(),
-                    default: i == 0,
-                };
-                tokens.pin(key.clone());
-                let label = match i {
-                    0 => resource.clone(),
-                    _ => format!("{} {resource}", id.client_id),
-                };
-                pinned.push((label, key));
-            }
-        }
-        let tokens = Arc::new(tokens);
+        let tokens = Arc::new(Tokens::new(
+            cache.clone(),
+            identities.clone(),
+            shared.clock.clone(),
+        ));
         tracing::info!(
             client_id = %self.identity.client_id,
             other_identities = ?self.others.iter().map(|i| &*i.client_id).collect::<Vec<_>>(),
@@ -263,15 +250,26 @@ impl CloudConfig for AzureConfig {
                 tokens,
                 header: self.identity_header.clone(),
             }));
-        for (label, key) in pinned {
-            runtime = runtime.hold(Pinned::new(key.to_string(), &cache, key, move |cred| {
-                format!(
-                    "{label}: token of {} chars, expires {} (in {} s)",
-                    cred.value.access_token.len(),
-                    format_rfc3339(cred.expires_wall),
-                    seconds_left(cred)
-                )
-            }));
+        for (i, id) in identities.iter().enumerate() {
+            for resource in &self.resources {
+                let key = AzureKey {
+                    client_id: id.client_id.clone(),
+                    scope: scope_for(resource).into(),
+                    default: i == 0,
+                };
+                let label = match i {
+                    0 => resource.clone(),
+                    _ => format!("{} {resource}", id.client_id),
+                };
+                runtime = runtime.hold(Pinned::new(key.to_string(), &cache, key, move |cred| {
+                    format!(
+                        "{label}: token of {} chars, expires {} (in {} s)",
+                        cred.value.access_token.len(),
+                        format_rfc3339(cred.expires_wall),
+                        seconds_left(cred)
+                    )
+                }));
+            }
         }
         Ok(runtime)
     }

@@ -17,8 +17,8 @@ use super::config::{Identity, check_resource, scope_for};
 use crate::clock::Clock;
 use crate::exchange::Exchange;
 use crate::http::guard::Refusal;
-use crate::http::server::{Resp, json, push_u64, respond};
-use crate::refresh::{Cache, Slot, Unavailable};
+use crate::http::server::{Resp, json, push_u64};
+use crate::refresh::{Cache, Unavailable};
 use crate::secret::{Secret, WipedBuf, constant_time_eq};
 use crate::surface::{BoxFuture, Claim, ErrorShape, Surface, no_credential};
 
@@ -252,7 +252,7 @@ pub fn render(
         buf.push(b'}');
     }
     debug_assert!(buf.len() <= room, "the body outgrew its buffer");
-    respond(200, "application/json", WipedBuf::bytes(buf))
+    json(200, WipedBuf::bytes(buf))
 }
 
 /// Azure's "no token": `{error, error_description}`, Entra's own 4xx and `error` with the AADSTS
@@ -288,10 +288,6 @@ pub struct Tokens<E: Exchange<AzureKey, Credential = AzureToken>> {
     client_ids_json: Vec<Box<[u8]>>,
     clock: Arc<dyn Clock>,
     parsed: ParseMemo,
-    /// The pinned keys (`--azure-resources` of every identity) and their slots: what SDKs ask
-    /// for nearly every time is found by comparing a few strings, without hashing the key and
-    /// locking the cache's map (~0.65k instructions, callgrind).
-    pinned: Vec<(AzureKey, Arc<Slot<AzureToken>>)>,
 }
 
 /// The last valid query string of each protocol and what it parsed to. An SDK asks with the same
@@ -339,26 +335,6 @@ impl<E: Exchange<AzureKey, Credential = AzureToken>> Tokens<E> {
             cache,
             clock,
             parsed: ParseMemo::default(),
-            pinned: Vec::new(),
-        }
-    }
-
-    /// Pins `key` in the cache (kept warm, counted for readiness) and returns its slot.
-    pub fn pin(&mut self, key: AzureKey) -> Arc<Slot<AzureToken>> {
-        let slot = self.cache.pin(key.clone());
-        self.pinned.push((key, slot.clone()));
-        slot
-    }
-
-    pub fn cache(&self) -> &Cache<AzureKey, E> {
-        &self.cache
-    }
-
-    /// The slot for `key`: a pinned one found by comparison, any other from the cache's map.
-    fn slot(&self, key: &AzureKey) -> Arc<Slot<AzureToken>> {
-        match self.pinned.iter().find(|(k, _)| k == key) {
-            Some((_, slot)) => slot.clone(),
-            None => self.cache.slot(key),
         }
     }
 
@@ -379,7 +355,7 @@ impl<E: Exchange<AzureKey, Credential = AzureToken>> Tokens<E> {
             scope: req.scope.clone(),
             default: index == 0,
         };
-        match self.slot(&key).get(WAIT).await {
+        match self.cache.get(&key, WAIT).await {
             Ok(cred) => render(
                 flavor,
                 &cred.value,

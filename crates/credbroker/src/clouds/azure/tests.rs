@@ -213,7 +213,7 @@ async fn day_long_managed_identity_tokens_refresh_at_half_life() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_key_pinned_through_tokens_is_served_from_the_cache_slot_without_a_second_exchange() {
+async fn a_pinned_key_is_served_from_its_slot_without_a_second_exchange_or_entry() {
     use http_body_util::BodyExt;
     let ex = Scripted::new(Duration::from_secs(3599));
     let cache = Azure::cache_builder(Script(ex.clone()))
@@ -225,12 +225,13 @@ async fn a_key_pinned_through_tokens_is_served_from_the_cache_slot_without_a_sec
         object_id: None,
         msi_res_id: None,
     };
-    let mut tokens = Tokens::new(cache.clone(), vec![identity], Arc::new(ex.clock));
+    let tokens = Tokens::new(cache.clone(), vec![identity], Arc::new(ex.clock));
     // As `start` pins `--azure-resources`: the scope the resource maps to.
     let arm = key(&config::scope_for("https://management.azure.com/"));
-    let pinned = tokens.pin(arm.clone());
-    // The pinned slot is the cache's own entry (readiness and metrics see the same one).
-    assert!(Arc::ptr_eq(&pinned, &cache.pin(arm)));
+    let pinned = cache.pin(arm.clone());
+    // Pinning again, and looking the key up, find the same slot (the pinned fast path).
+    assert!(Arc::ptr_eq(&pinned, &cache.pin(arm.clone())));
+    assert!(Arc::ptr_eq(&pinned, &cache.slot(&arm)));
     let imds = ImdsSurface {
         tokens: Arc::new(tokens),
     };
