@@ -30,6 +30,19 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def section_bytes(binary: str, name: str) -> int | None:
+    """The size of one ELF section (section headers survive `strip`), or None without it."""
+    try:
+        out = subprocess.run(["readelf", "-SW", binary], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    for line in out.splitlines():
+        fields = line.replace("[ ", "[").split()
+        if len(fields) > 5 and fields[1] == name:
+            return int(fields[5], 16)
+    return None
+
+
 def ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as r:
@@ -106,6 +119,9 @@ def main() -> None:
             "idle_rss_mib": round(rss[0] / 1024, 2),
             "binary_bytes": size,
             "binary_mib": round(size / 2**20, 2),
+            # The functions laid out together by crates/credbroker/link/hot.ld (benches/layout.py):
+            # None means the layout was not applied (a debug build, or a linker without it).
+            "hot_text_bytes": section_bytes(args.bin, ".text.hot"),
         }, indent=2))
     finally:
         fake.terminate()
