@@ -108,8 +108,9 @@ impl Fs for MemFs {
 }
 
 /// Watches the directory holding `path` (kubelet and Secret volumes swap a `..data` symlink,
-/// which silences a watch on the file itself) and wakes `wake` on any event there. `None` when
-/// the directory cannot be watched: callers re-read on a backstop interval anyway.
+/// which silences a watch on the file itself) and wakes `wake` on any event there that can
+/// change a file ([`may_change`]). `None` when the directory cannot be watched: callers re-read
+/// on a backstop interval anyway.
 pub(crate) fn watch_parent(
     path: &Path,
     wake: std::sync::Arc<tokio::sync::Notify>,
@@ -120,7 +121,7 @@ pub(crate) fn watch_parent(
         _ => PathBuf::from("."),
     };
     let result = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|e| may_change(&e.kind)) {
             wake.notify_one();
         }
     })
@@ -131,6 +132,19 @@ pub(crate) fn watch_parent(
             tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; relying on periodic re-reads");
             None
         }
+    }
+}
+
+/// Whether a watch event can mean a file's contents changed. notify's inotify backend also
+/// reports every open (`IN_OPEN`), the watcher's own reads included: waking on those re-read the
+/// file, which opened it again, a loop of ~45 re-reads a second in an idle sidecar (strace).
+/// A writer closing its file (`IN_CLOSE_WRITE`) does count: that is when an in-place write ends.
+fn may_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
@@ -172,6 +186,50 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: FileMode) -> std::io::Re
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn only_events_that_can_change_a_file_wake_its_reader() {
+        use notify::event::{
+            AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind,
+            RenameMode,
+        };
+        for (kind, wakes) in [
+            (EventKind::Access(AccessKind::Open(AccessMode::Any)), false),
+            (EventKind::Access(AccessKind::Read), false),
+            (EventKind::Access(AccessKind::Close(AccessMode::Read)), false),
+            (EventKind::Access(AccessKind::Close(AccessMode::Write)), true),
+            (EventKind::Create(CreateKind::File), true),
+            (EventKind::Modify(ModifyKind::Data(DataChange::Any)), true),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::To)), true),
+            (EventKind::Remove(RemoveKind::File), true),
+            (EventKind::Any, true),
+            (EventKind::Other, true),
+        ] {
+            assert_eq!(may_change(&kind), wakes, "{kind:?}");
+        }
+    }
+
+    /// A real inotify watch: reading the watched file (as every re-read does) must not wake
+    /// the reader again, a replaced file must.
+    #[tokio::test]
+    async fn reading_a_watched_file_does_not_wake_its_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, b"one").unwrap();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let _watcher = watch_parent(&path, wake.clone()).expect("inotify is available");
+        for _ in 0..20 {
+            assert_eq!(std::fs::read(&path).unwrap(), b"one");
+        }
+        let woke = tokio::time::timeout(Duration::from_millis(300), wake.notified()).await;
+        assert!(woke.is_err(), "20 reads woke the watcher");
+        write_atomic(&path, b"two", FileMode::new(false)).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), wake.notified())
+            .await
+            .expect("a replaced file wakes the watcher");
+    }
 
     #[test]
     fn writes_atomically_with_mode() {
