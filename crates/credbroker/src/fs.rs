@@ -198,8 +198,14 @@ mod tests {
         for (kind, wakes) in [
             (EventKind::Access(AccessKind::Open(AccessMode::Any)), false),
             (EventKind::Access(AccessKind::Read), false),
-            (EventKind::Access(AccessKind::Close(AccessMode::Read)), false),
-            (EventKind::Access(AccessKind::Close(AccessMode::Write)), true),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                false,
+            ),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                true,
+            ),
             (EventKind::Create(CreateKind::File), true),
             (EventKind::Modify(ModifyKind::Data(DataChange::Any)), true),
             (EventKind::Modify(ModifyKind::Name(RenameMode::To)), true),

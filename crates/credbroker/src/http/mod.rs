@@ -2,4 +2,5 @@
 
 pub mod client;
 pub mod guard;
+pub mod memo;
 pub mod server;

@@ -17,8 +17,9 @@ use super::config::{Identity, check_resource, scope_for};
 use crate::clock::Clock;
 use crate::exchange::Exchange;
 use crate::http::guard::Refusal;
+use crate::http::memo::BodyMemo;
 use crate::http::server::{Resp, json, push_u64};
-use crate::refresh::{Cache, Unavailable};
+use crate::refresh::{Cache, Issued, Unavailable};
 use crate::secret::{Secret, WipedBuf, constant_time_eq};
 use crate::surface::{BoxFuture, Claim, ErrorShape, Surface, no_credential};
 
@@ -205,6 +206,9 @@ pub fn select<'a>(
 
 /// The success body for `flavor`, every value a string. `now` is Unix seconds.
 ///
+/// Rendered once per token, request and second: [`Tokens`] keeps the last body of each
+/// protocol ([`BodyMemo`]).
+///
 /// Written straight into one buffer sized so it never grows (a grown buffer would leave an
 /// unwiped copy of the token behind), key order as serde would write the documented shape.
 /// Every string arrives as JSON already: the token's is rendered once per token,
@@ -216,7 +220,7 @@ pub fn render(
     resource_json: &[u8],
     client_id_json: &[u8],
     now: u64,
-) -> Resp {
+) -> Bytes {
     let expires_in = token.expires_on.saturating_sub(now);
     let room = 192 + token.access_token_json.len() + resource_json.len() + client_id_json.len();
     let mut buf: Vec<u8> = Vec::with_capacity(room);
@@ -252,7 +256,7 @@ pub fn render(
         buf.push(b'}');
     }
     debug_assert!(buf.len() <= room, "the body outgrew its buffer");
-    json(200, WipedBuf::bytes(buf))
+    WipedBuf::bytes(buf)
 }
 
 /// Azure's "no token": `{error, error_description}`, Entra's own 4xx and `error` with the AADSTS
@@ -288,7 +292,13 @@ pub struct Tokens<E: Exchange<AzureKey, Credential = AzureToken>> {
     client_ids_json: Vec<Box<[u8]>>,
     clock: Arc<dyn Clock>,
     parsed: ParseMemo,
+    /// Each protocol's last token body ([`Flavor`] as the index).
+    bodies: [BodyMemo<BodyKey>; 2],
 }
+
+/// What a token body is rendered from: the token, the request (its `resource` is echoed), the
+/// identity's index, and the `expires_in` printed.
+type BodyKey = (Arc<Issued<AzureToken>>, Arc<TokenRequest>, usize, u64);
 
 /// The last valid query string of each protocol and what it parsed to. An SDK asks with the same
 /// query every time; parsing it again (percent-decoding, validating the resource, building the
@@ -335,6 +345,7 @@ impl<E: Exchange<AzureKey, Credential = AzureToken>> Tokens<E> {
             cache,
             clock,
             parsed: ParseMemo::default(),
+            bodies: Default::default(),
         }
     }
 
@@ -356,13 +367,29 @@ impl<E: Exchange<AzureKey, Credential = AzureToken>> Tokens<E> {
             default: index == 0,
         };
         match self.cache.get(&key, WAIT).await {
-            Ok(cred) => render(
-                flavor,
-                &cred.value,
-                &req.resource_json,
-                &self.client_ids_json[index],
-                self.clock.unix_secs(),
-            ),
+            Ok(cred) => {
+                let now = self.clock.unix_secs();
+                let expires_in = cred.value.expires_on.saturating_sub(now);
+                let body = self.bodies[flavor as usize].get_or_render(
+                    |(c, r, i, e)| {
+                        Arc::ptr_eq(c, &cred)
+                            && Arc::ptr_eq(r, &req)
+                            && *i == index
+                            && *e == expires_in
+                    },
+                    || {
+                        let body = render(
+                            flavor,
+                            &cred.value,
+                            &req.resource_json,
+                            &self.client_ids_json[index],
+                            now,
+                        );
+                        ((cred.clone(), req.clone(), index, expires_in), body)
+                    },
+                );
+                json(200, body)
+            }
             Err(u) => unavailable(&u),
         }
     }

@@ -810,8 +810,7 @@ fn rendered_bodies_splice_the_pre_rendered_token() {
             ][..],
         ),
     ] {
-        let resp = render(flavor, &token, br#""https://a\"b/""#, br#""cid""#, 1_500);
-        let body = futures_body(resp);
+        let body = render(flavor, &token, br#""https://a\"b/""#, br#""cid""#, 1_500);
         let v: serde_json::Value = serde_json::from_slice(&body).expect("valid JSON");
         let obj = v.as_object().unwrap();
         assert_eq!(obj.len(), keys.len(), "{v}");
@@ -826,14 +825,6 @@ fn rendered_bodies_splice_the_pre_rendered_token() {
         // Key order as the SDK documentation shows it: access_token first.
         assert!(body.starts_with(br#"{"access_token":"eyJ0\"x\\y","#));
     }
-}
-
-fn futures_body(resp: crate::http::server::Resp) -> bytes::Bytes {
-    use http_body_util::BodyExt;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(resp.into_body().collect()).unwrap().to_bytes()
 }
 
 #[tokio::test(start_paused = true)]
@@ -922,4 +913,48 @@ fn parse_memo_answers_as_parse_request() {
         memo.parse(Some(vault), Flavor::Imds).unwrap().scope,
         parse_request(Some(vault), Flavor::Imds).unwrap().scope
     );
+}
+
+/// Bodies are remembered per protocol ([`crate::http::memo::BodyMemo`]); a remembered body is
+/// answered only for the same token, request, identity and second.
+#[tokio::test(start_paused = true)]
+async fn a_remembered_body_follows_the_clock_the_token_the_identity_and_the_request() {
+    let r = rig(mins(60));
+    let expires_in =
+        |v: &serde_json::Value| -> u64 { v["expires_in"].as_str().unwrap().parse().unwrap() };
+    let (_, first) = imds(&r, MGMT).await;
+    assert_eq!(
+        imds(&r, MGMT).await.1,
+        first,
+        "the same second, the same body"
+    );
+    sleep(Duration::from_secs(90)).await;
+    let (_, later) = imds(&r, MGMT).await;
+    assert_eq!(later["access_token"], first["access_token"]);
+    assert_eq!(expires_in(&first) - expires_in(&later), 90);
+    // The other protocol, the other identity, another resource: each its own body.
+    let app = parts(
+        "GET",
+        "/msi/token?api-version=2019-08-01&resource=https://management.azure.com/",
+        &[("x-identity-header", HEADER)],
+    );
+    let (_, via_app) = call(r.app.clone(), app).await;
+    assert_eq!(via_app["access_token"], first["access_token"]);
+    assert!(
+        via_app.get("not_before").is_none(),
+        "App Service's shape: {via_app}"
+    );
+    let (_, other) = imds(&r, &format!("{MGMT}&client_id={OTHER}")).await;
+    assert_eq!(other["client_id"], OTHER);
+    let vault =
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net";
+    let (_, v) = imds(&r, vault).await;
+    assert_eq!(v["resource"], "https://vault.azure.net");
+    assert_eq!(imds(&r, MGMT).await.1["client_id"], CLIENT);
+    // Past the first token's life: the next token, never the remembered body.
+    sleep(mins(61)).await;
+    let (status, next) = imds(&r, MGMT).await;
+    assert_eq!(status, 200);
+    assert_ne!(next["access_token"], first["access_token"]);
+    assert!(expires_in(&next) > 0);
 }

@@ -358,6 +358,7 @@ impl CloudConfig for GcpConfig {
             email: email.clone(),
             others: others.clone(),
             ksa: watched,
+            token_bodies: Default::default(),
         };
         let identity = match &self.impersonation {
             Some(i) => format!("impersonating {}", i.email),

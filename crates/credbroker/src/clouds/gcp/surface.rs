@@ -23,8 +23,9 @@ use super::sts::AccessToken;
 use super::{AccessExchange, IdExchange};
 use crate::exchange::Exchange;
 use crate::http::guard::Refusal;
+use crate::http::memo::BodyMemo;
 use crate::http::server::{HeaderSet, JSON_TYPE, Resp, push_u64};
-use crate::refresh::{Cache, Slot, Unavailable};
+use crate::refresh::{Cache, Issued, Slot, Unavailable};
 use crate::secret::{Secret, WipedBuf};
 use crate::surface::{BoxFuture, Claim, ErrorShape, Surface, no_credential};
 use crate::token::TokenSource;
@@ -219,6 +220,8 @@ where
     pub others: Vec<Arc<str>>,
     /// The projected token, for the Kubernetes service account named in errors.
     pub ksa: Option<Arc<TokenSource>>,
+    /// The last token body served, with the token and the `expires_in` it printed.
+    pub token_bodies: BodyMemo<(Arc<Issued<AccessToken>>, u64)>,
 }
 
 /// Every answer carries `Metadata-Flavor: Google` (node's gcp-metadata throws without it, even
@@ -446,10 +449,18 @@ where
                 // The remaining lifetime now, never 0 (Go rejects 0; the cache never serves
                 // a token with under 5 s left).
                 let expires_in = cred.remaining(tokio::time::Instant::now()).as_secs().max(1);
-                json(
-                    200,
-                    token_body(cred.value.token.expose(), cred.value.json_plain, expires_in),
-                )
+                let body = self.token_bodies.get_or_render(
+                    |(last, secs)| Arc::ptr_eq(last, &cred) && *secs == expires_in,
+                    || {
+                        let body = token_body(
+                            cred.value.token.expose(),
+                            cred.value.json_plain,
+                            expires_in,
+                        );
+                        ((cred.clone(), expires_in), body)
+                    },
+                );
+                json(200, body)
             }
             Err(u) => unavailable(&u),
         }

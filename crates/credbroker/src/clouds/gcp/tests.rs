@@ -170,6 +170,7 @@ impl Rig {
                     .map(|o| Arc::<str>::from(o.email.as_str()))
                     .collect(),
                 ksa: None,
+                token_bodies: Default::default(),
             }),
         }
     }
