@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by the credential listener, the ops listener and the exchangers.
 
 pub mod client;
+pub mod drain;
 pub mod guard;
 pub mod memo;
 pub mod server;

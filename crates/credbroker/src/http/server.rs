@@ -24,6 +24,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use super::drain::Drain;
+
 pub type Resp = Response<Full<Bytes>>;
 
 /// Handles a request head; bodies are never read (no credential request has one).
@@ -154,7 +156,7 @@ async fn serve_conns<S: Serve, A: Accept>(
 ) {
     let (accept, service) = (Arc::new(accept), Arc::new(service));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let drain = Arc::new(Drain::default());
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -180,7 +182,7 @@ async fn serve_conns<S: Serve, A: Accept>(
         };
         let _ = stream.set_nodelay(true);
         let (accept, service, builder) = (accept.clone(), service.clone(), builder.clone());
-        let watcher = graceful.watcher();
+        let drain = drain.clone();
         let timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let io = match tokio::time::timeout(timeout, accept.accept(stream)).await {
@@ -196,12 +198,16 @@ async fn serve_conns<S: Serve, A: Accept>(
                 async move { Ok::<_, Infallible>(service.serve(req).await) }
             });
             let conn = builder.serve_connection(TokioIo::new(WriteDeadline::new(io, timeout)), svc);
-            let _ = watcher.watch(conn).await;
+            let _ = drain.watch(conn).await;
             drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    drain.start();
+    // Every connection holds a permit until its task ends (TLS handshakes in progress too):
+    // all of them back means all connections are done.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(all))
         .await
         .is_err()
     {
