@@ -75,7 +75,16 @@ pub trait Surface: Send + Sync + 'static {
     fn claims(&self) -> &'static [Claim];
     /// The guard's refusal (a proxied request, a foreign `Host`) in this cloud's error shape.
     fn refuse(&self, refusal: Refusal) -> Resp;
-    /// A request the guard let through.
+    /// A request the guard let through, answered without waiting when it can be: a refusal, or
+    /// a credential already held. `None` sends it to [`Surface::handle`]. Nearly every request
+    /// is answered here, which spares it the boxed future `handle` returns (an allocation and
+    /// a free per request: ~0.2k instructions, callgrind). A surface answers here exactly as
+    /// `handle` would; both go through the same routing code.
+    fn answer_now(&self, req: &Parts) -> Option<Resp> {
+        let _ = req;
+        None
+    }
+    /// A request the guard let through, whatever it has to wait for.
     fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp>;
 }
 
@@ -179,7 +188,10 @@ impl Router {
             Some(i) => {
                 let surface = &self.surfaces[i];
                 let resp = match guard::check(req) {
-                    Ok(()) => surface.handle(req).await,
+                    Ok(()) => match surface.answer_now(req) {
+                        Some(resp) => resp,
+                        None => surface.handle(req).await,
+                    },
                     Err(refusal) => surface.refuse(refusal),
                 };
                 (Some(i), surface.name(), resp)

@@ -28,6 +28,30 @@ pub(crate) async fn route(surface: Arc<dyn Surface>, req: Parts) -> Resp {
         .await
 }
 
+/// Whether `surface` answers `req` without waiting ([`Surface::answer_now`]); when it does,
+/// asserts the answer is `handle`'s: the same status, headers and body (`volatile_body`: a body
+/// that differs on every call by design, such as a fresh IMDSv2 session token, is not compared).
+pub(crate) async fn answers_now_as_handle(
+    surface: &dyn Surface,
+    req: &Parts,
+    volatile_body: bool,
+) -> bool {
+    use http_body_util::BodyExt;
+    let Some(now) = surface.answer_now(req) else {
+        return false;
+    };
+    let later = surface.handle(req).await;
+    let what = format!("{} {} on {}", req.method, req.uri, surface.name());
+    assert_eq!(now.status(), later.status(), "{what}");
+    assert_eq!(now.headers(), later.headers(), "{what}");
+    let now = now.into_body().collect().await.unwrap().to_bytes();
+    let later = later.into_body().collect().await.unwrap().to_bytes();
+    if !volatile_body {
+        assert_eq!(now, later, "{what}");
+    }
+    true
+}
+
 /// Whether `surface` claims `path`.
 pub(crate) fn claims(surface: &dyn Surface, path: &str) -> bool {
     surface.claims().iter().any(|c| c.matches(path))

@@ -247,6 +247,12 @@ impl<K: CacheKey, E: Exchange<K>> Cache<K, E> {
         self.insert(&mut slots, key.clone(), false)
     }
 
+    /// What [`Cache::get`] answers without waiting ([`Slot::get_now`]); the slot is created
+    /// on first use, as `get` creates it.
+    pub fn get_now(&self, key: &K) -> Option<Arc<Issued<E::Credential>>> {
+        self.slot(key).get_now()
+    }
+
     /// A servable credential for `key`, waiting up to `wait` for an exchange in flight.
     pub async fn get(
         &self,

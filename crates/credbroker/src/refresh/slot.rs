@@ -128,12 +128,18 @@ impl<C> Slot<C> {
             .cloned()
     }
 
+    /// What [`Slot::get`] answers without waiting: the held credential if it may be served
+    /// now (the reader is recorded as `get` records it), else `None`.
+    pub fn get_now(&self) -> Option<Arc<Issued<C>>> {
+        let now = Instant::now();
+        self.touch(now);
+        self.current_at(now)
+    }
+
     /// A servable credential, waiting up to `wait` for an exchange in flight. Never starts a
     /// second exchange: concurrent callers all wait on the slot's one task.
     pub async fn get(&self, wait: Duration) -> Result<Arc<Issued<C>>, Unavailable> {
-        let now = Instant::now();
-        self.touch(now);
-        if let Some(cred) = self.current_at(now) {
+        if let Some(cred) = self.get_now() {
             return Ok(cred);
         }
         let deadline = Instant::now() + wait;

@@ -183,51 +183,65 @@ pub struct ContainerSurface {
 }
 
 impl ContainerSurface {
-    async fn serve(&self, req: &Parts) -> Resp {
+    /// The slot a request asks for, or the refusal (every check but the credential's own).
+    fn slot_for(&self, req: &Parts) -> Result<&Arc<Slot<AwsCredential>>, Box<Resp>> {
         if req.method != Method::GET && req.method != Method::HEAD {
-            return error_body(405, "MethodNotAllowed", "use GET");
+            return Err(Box::new(error_body(405, "MethodNotAllowed", "use GET")));
         }
         let Some(auth) = &self.auth else {
-            return error_body(
+            return Err(Box::new(error_body(
                 404,
                 "NotFound",
                 "the container endpoint is off: start credbroker with --aws-auth-token-file or --aws-auth-token (IMDSv2 serves meanwhile)",
-            );
+            )));
         };
         let presented = req.headers.get(http::header::AUTHORIZATION);
         match presented {
-            None => return error_body(401, "Unauthorized", "the Authorization header is required"),
+            None => {
+                return Err(Box::new(error_body(
+                    401,
+                    "Unauthorized",
+                    "the Authorization header is required",
+                )));
+            }
             Some(v) if !auth.matches(v.as_bytes()) => {
-                return error_body(
+                return Err(Box::new(error_body(
                     403,
                     "AccessDenied",
                     "the Authorization header does not match",
-                );
+                )));
             }
             Some(_) => {}
         }
-        let slot = match req.uri.path() {
-            "/v1/credentials" | "/v1/credentials/" => &self.identities.default,
+        match req.uri.path() {
+            "/v1/credentials" | "/v1/credentials/" => Ok(&self.identities.default),
             path => {
                 let name = path
                     .strip_prefix("/v1/credentials/")
                     .unwrap_or_default()
                     .trim_end_matches('/');
-                match self.identities.named(name) {
-                    Some(slot) => slot,
-                    None => {
-                        return error_body(
-                            404,
-                            "NotFound",
-                            "no credentials are configured at this path (identities are /v1/credentials and /v1/credentials/NAME)",
-                        );
-                    }
-                }
+                self.identities.named(name).ok_or_else(|| {
+                    Box::new(error_body(
+                        404,
+                        "NotFound",
+                        "no credentials are configured at this path (identities are /v1/credentials and /v1/credentials/NAME)",
+                    ))
+                })
             }
-        };
-        match slot.get(WAIT).await {
-            Ok(cred) => respond(200, "application/json", cred.value.container_body.clone()),
-            Err(u) => unavailable(&u),
+        }
+    }
+
+    fn credentials(cred: &AwsCredential) -> Resp {
+        respond(200, "application/json", cred.container_body.clone())
+    }
+
+    async fn serve(&self, req: &Parts) -> Resp {
+        match self.slot_for(req) {
+            Ok(slot) => match slot.get(WAIT).await {
+                Ok(cred) => Self::credentials(&cred.value),
+                Err(u) => unavailable(&u),
+            },
+            Err(refused) => *refused,
         }
     }
 }
@@ -243,6 +257,13 @@ impl Surface for ContainerSurface {
 
     fn refuse(&self, refusal: Refusal) -> Resp {
         error_body(403, "AccessDenied", refusal.message())
+    }
+
+    fn answer_now(&self, req: &Parts) -> Option<Resp> {
+        match self.slot_for(req) {
+            Ok(slot) => slot.get_now().map(|cred| Self::credentials(&cred.value)),
+            Err(refused) => Some(*refused),
+        }
     }
 
     fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {
@@ -263,8 +284,19 @@ pub struct ImdsSurface {
 const TTL_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token-ttl-seconds");
 const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token");
 
+/// Where an IMDS request leads once its checks are done.
+enum ImdsRoute<'a> {
+    /// Answered (refusals, listings, region, the identity document, session tokens).
+    Done(Resp),
+    /// A role's credentials.
+    Credentials(&'a Arc<Slot<AwsCredential>>),
+    /// `iam/info`, which needs the default role's credential.
+    Info,
+}
+
 impl ImdsSurface {
-    async fn serve(&self, req: &Parts) -> Resp {
+    fn route(&self, req: &Parts) -> ImdsRoute<'_> {
+        use ImdsRoute::Done;
         // "//latest/..." is what SDKs send when the endpoint variable ends in "/" and they
         // append "/latest/..." as it is (aws-sdk-go v1): the same resource (the contract).
         let path = req.uri.path();
@@ -273,42 +305,54 @@ impl ImdsSurface {
             .filter(|p| p.starts_with("/latest"))
             .unwrap_or(path);
         if path == "/latest/api/token" {
-            return self.put_token(req);
+            return Done(self.put_token(req));
         }
         if req.method != Method::GET && req.method != Method::HEAD {
-            return text(405, "Method Not Allowed\n");
+            return Done(text(405, "Method Not Allowed\n"));
         }
         let session = req.headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok());
         if !session.is_some_and(|t| self.sessions.verify(t)) {
-            return text(
+            return Done(text(
                 401,
                 "Unauthorized: a valid x-aws-ec2-metadata-token header is required (IMDSv2)\n",
-            );
+            ));
         }
         const CREDS: &str = "/latest/meta-data/iam/security-credentials";
         match path {
             "/latest/meta-data/iam/security-credentials"
             | "/latest/meta-data/iam/security-credentials/" => {
-                text(200, self.identities.imds_listing())
+                Done(text(200, self.identities.imds_listing()))
             }
-            "/latest/meta-data/iam/info" => self.info().await,
-            "/latest/meta-data/placement/region" => match &self.region {
+            "/latest/meta-data/iam/info" => ImdsRoute::Info,
+            "/latest/meta-data/placement/region" => Done(match &self.region {
                 Some(r) => text(200, r.clone()),
                 None => text(404, "Not Found\n"),
-            },
-            "/latest/dynamic/instance-identity/document" => self.identity_document(),
+            }),
+            "/latest/dynamic/instance-identity/document" => Done(self.identity_document()),
             p => match p
                 .strip_prefix(CREDS)
                 .and_then(|r| r.strip_prefix('/'))
                 .and_then(|name| self.identities.by_imds_name(name.trim_end_matches('/')))
             {
-                Some(slot) => match slot.get(WAIT).await {
-                    // Real IMDS serves this JSON as text/plain.
-                    Ok(cred) => respond(200, "text/plain", cred.value.imds_body.clone()),
-                    Err(u) => unavailable(&u),
-                },
-                None => text(404, "Not Found\n"),
+                Some(slot) => ImdsRoute::Credentials(slot),
+                None => Done(text(404, "Not Found\n")),
             },
+        }
+    }
+
+    /// Real IMDS serves the credentials JSON as text/plain.
+    fn credentials(cred: &AwsCredential) -> Resp {
+        respond(200, "text/plain", cred.imds_body.clone())
+    }
+
+    async fn serve(&self, req: &Parts) -> Resp {
+        match self.route(req) {
+            ImdsRoute::Done(resp) => resp,
+            ImdsRoute::Credentials(slot) => match slot.get(WAIT).await {
+                Ok(cred) => Self::credentials(&cred.value),
+                Err(u) => unavailable(&u),
+            },
+            ImdsRoute::Info => self.info().await,
         }
     }
 
@@ -372,6 +416,14 @@ impl Surface for ImdsSurface {
 
     fn refuse(&self, refusal: Refusal) -> Resp {
         text(403, refusal.message())
+    }
+
+    fn answer_now(&self, req: &Parts) -> Option<Resp> {
+        match self.route(req) {
+            ImdsRoute::Done(resp) => Some(resp),
+            ImdsRoute::Credentials(slot) => slot.get_now().map(|c| Self::credentials(&c.value)),
+            ImdsRoute::Info => None,
+        }
     }
 
     fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {

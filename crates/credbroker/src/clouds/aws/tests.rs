@@ -310,3 +310,116 @@ async fn a_chain_as_long_lived_as_its_base_is_derived_once_per_base_session() {
         bases.len()
     );
 }
+
+/// What the AWS surfaces answer without waiting is what `handle` answers; a credential request
+/// waits (`None`) only while its credential is not held.
+#[tokio::test(start_paused = true)]
+async fn answers_without_waiting_are_the_answers_after_waiting() {
+    use crate::testing::answers_now_as_handle;
+    let r = rig(mins(60));
+    let container = r.runtime.surfaces()[0].clone();
+    let imds = r.runtime.surfaces()[1].clone();
+    assert_eq!(
+        (container.name(), imds.name()),
+        ("aws-container", "aws-imds")
+    );
+    let creds = parts("GET", "/v1/credentials", &[("authorization", AUTH)]);
+    assert!(
+        !answers_now_as_handle(container.as_ref(), &creds, false).await,
+        "nothing held yet: the request waits"
+    );
+    let refused = parts("GET", "/v1/credentials", &[("authorization", "wrong")]);
+    assert!(answers_now_as_handle(container.as_ref(), &refused, false).await);
+    for path in [
+        "/v1/credentials",
+        "/v1/credentials/reader",
+        "/v1/credentials/audit",
+    ] {
+        assert_eq!(r.get(path).await.0, 200, "{path}");
+    }
+    for (req, now) in [
+        (creds, true),
+        (
+            parts("HEAD", "/v1/credentials/", &[("authorization", AUTH)]),
+            true,
+        ),
+        (
+            parts("GET", "/v1/credentials/reader", &[("authorization", AUTH)]),
+            true,
+        ),
+        (
+            parts("GET", "/v1/credentials/audit/", &[("authorization", AUTH)]),
+            true,
+        ),
+        (
+            parts("GET", "/v1/credentials/nobody", &[("authorization", AUTH)]),
+            true,
+        ),
+        (parts("GET", "/v1/credentials", &[]), true),
+        (
+            parts("POST", "/v1/credentials", &[("authorization", AUTH)]),
+            true,
+        ),
+    ] {
+        let what = format!("{} {}", req.method, req.uri);
+        assert_eq!(
+            answers_now_as_handle(container.as_ref(), &req, false).await,
+            now,
+            "{what}"
+        );
+    }
+    let put = parts(
+        "PUT",
+        "/latest/api/token",
+        &[("x-aws-ec2-metadata-token-ttl-seconds", "60")],
+    );
+    assert!(answers_now_as_handle(imds.as_ref(), &put, true).await);
+    let session = imds.answer_now(&put).unwrap();
+    let session = http_body_util::BodyExt::collect(session.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let session = std::str::from_utf8(&session).unwrap().to_string();
+    let with =
+        |method: &str, path: &str| parts(method, path, &[("x-aws-ec2-metadata-token", &session)]);
+    for (req, now) in [
+        (
+            with("GET", "/latest/meta-data/iam/security-credentials/"),
+            true,
+        ),
+        (
+            with("GET", "/latest/meta-data/iam/security-credentials/app"),
+            true,
+        ),
+        (
+            with("GET", "//latest/meta-data/iam/security-credentials/reader"),
+            true,
+        ),
+        (
+            with("GET", "/latest/meta-data/iam/security-credentials/nobody"),
+            true,
+        ),
+        (with("GET", "/latest/meta-data/placement/region"), true),
+        (
+            with("GET", "/latest/dynamic/instance-identity/document"),
+            true,
+        ),
+        (
+            with("POST", "/latest/meta-data/iam/security-credentials/app"),
+            true,
+        ),
+        (with("GET", "/latest/meta-data/iam/info"), false),
+        (
+            parts("GET", "/latest/meta-data/iam/security-credentials/app", &[]),
+            true,
+        ),
+        (parts("GET", "/latest/api/token", &[]), true),
+    ] {
+        let what = format!("{} {}", req.method, req.uri);
+        assert_eq!(
+            answers_now_as_handle(imds.as_ref(), &req, false).await,
+            now,
+            "{what}"
+        );
+    }
+}

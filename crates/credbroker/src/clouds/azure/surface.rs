@@ -349,50 +349,82 @@ impl<E: Exchange<AzureKey, Credential = AzureToken>> Tokens<E> {
         }
     }
 
-    async fn serve(&self, query: Option<&str>, flavor: Flavor) -> Resp {
-        let req = match self.parsed.parse(query, flavor) {
-            Ok(r) => r,
-            Err(reject) => return reject.render(),
-        };
+    /// What a token request asks for (its parse, the identity's index, the cache key), or the
+    /// refusal.
+    fn plan(&self, query: Option<&str>, flavor: Flavor) -> Result<Planned, Box<Resp>> {
+        let req = self
+            .parsed
+            .parse(query, flavor)
+            .map_err(|r| Box::new(r.render()))?;
         // Azure's own answer for an identity the VM does not have (docs/azure.md).
         let Some((index, identity)) = select(&self.identities, &req.identity) else {
-            return Reject::bad(
-                "Identity not found: no managed identity of this sidecar has that client_id, object_id or msi_res_id",
-            )
-            .render();
+            return Err(Box::new(
+                Reject::bad(
+                    "Identity not found: no managed identity of this sidecar has that client_id, object_id or msi_res_id",
+                )
+                .render(),
+            ));
         };
         let key = AzureKey {
             client_id: identity.client_id.clone(),
             scope: req.scope.clone(),
             default: index == 0,
         };
-        match self.cache.get(&key, WAIT).await {
-            Ok(cred) => {
-                let now = self.clock.unix_secs();
-                let expires_in = cred.value.expires_on.saturating_sub(now);
-                let body = self.bodies[flavor as usize].get_or_render(
-                    |(c, r, i, e)| {
-                        Arc::ptr_eq(c, &cred)
-                            && Arc::ptr_eq(r, &req)
-                            && *i == index
-                            && *e == expires_in
-                    },
-                    || {
-                        let body = render(
-                            flavor,
-                            &cred.value,
-                            &req.resource_json,
-                            &self.client_ids_json[index],
-                            now,
-                        );
-                        ((cred.clone(), req.clone(), index, expires_in), body)
-                    },
+        Ok(Planned { req, index, key })
+    }
+
+    /// The token response for `planned` from `cred`.
+    fn answer(&self, flavor: Flavor, planned: &Planned, cred: &Arc<Issued<AzureToken>>) -> Resp {
+        let Planned { req, index, .. } = planned;
+        let index = *index;
+        let now = self.clock.unix_secs();
+        let expires_in = cred.value.expires_on.saturating_sub(now);
+        let body = self.bodies[flavor as usize].get_or_render(
+            |(c, r, i, e)| {
+                Arc::ptr_eq(c, cred) && Arc::ptr_eq(r, req) && *i == index && *e == expires_in
+            },
+            || {
+                let body = render(
+                    flavor,
+                    &cred.value,
+                    &req.resource_json,
+                    &self.client_ids_json[index],
+                    now,
                 );
-                json(200, body)
-            }
+                ((cred.clone(), req.clone(), index, expires_in), body)
+            },
+        );
+        json(200, body)
+    }
+
+    /// [`Tokens::serve`] when it needs no waiting.
+    fn serve_now(&self, query: Option<&str>, flavor: Flavor) -> Option<Resp> {
+        match self.plan(query, flavor) {
+            Ok(planned) => self
+                .cache
+                .get_now(&planned.key)
+                .map(|cred| self.answer(flavor, &planned, &cred)),
+            Err(refused) => Some(*refused),
+        }
+    }
+
+    async fn serve(&self, query: Option<&str>, flavor: Flavor) -> Resp {
+        let planned = match self.plan(query, flavor) {
+            Ok(p) => p,
+            Err(refused) => return *refused,
+        };
+        match self.cache.get(&planned.key, WAIT).await {
+            Ok(cred) => self.answer(flavor, &planned, &cred),
             Err(u) => unavailable(&u),
         }
     }
+}
+
+/// A token request ready for the cache.
+struct Planned {
+    req: Arc<TokenRequest>,
+    index: usize,
+    key: AzureKey,
 }
 
 /// Where a `/metadata/...` path leads (the `metadata` segment is matched case-insensitively).
@@ -432,34 +464,42 @@ pub struct ImdsSurface<E: Exchange<AzureKey, Credential = AzureToken>> {
 }
 
 impl<E: Exchange<AzureKey, Credential = AzureToken>> ImdsSurface<E> {
-    async fn serve(&self, req: &Parts) -> Resp {
+    /// The answer to a request refused before any token is looked up (`None`: serve a token).
+    fn refused(&self, req: &Parts) -> Option<Resp> {
         let kind = imds_path(req.uri.path()).unwrap_or(ImdsPath::Other);
         match kind {
             ImdsPath::CredentialV2 => {
-                return error_body(
+                return Some(error_body(
                     404,
                     "not_found",
                     "IMDS v2 credentials are not offered here; use /metadata/identity/oauth2/token",
-                );
+                ));
             }
             ImdsPath::Other => {
-                return error_body(
+                return Some(error_body(
                     404,
                     "not_found",
                     "only /metadata/identity/oauth2/token is served",
-                );
+                ));
             }
             ImdsPath::Token => {}
         }
         if req.method != Method::GET {
-            return error_body(405, "invalid_request", "use GET");
+            return Some(error_body(405, "invalid_request", "use GET"));
         }
         // Answered at once, before anything else: SDK probes send no Metadata header.
         let metadata = req.headers.get(METADATA_HEADER).map(|v| v.as_bytes());
         if !metadata.is_some_and(|v| v.eq_ignore_ascii_case(b"true")) {
-            return Reject::bad("Required metadata header not specified").render();
+            return Some(Reject::bad("Required metadata header not specified").render());
         }
-        self.tokens.serve(req.uri.query(), Flavor::Imds).await
+        None
+    }
+
+    async fn serve(&self, req: &Parts) -> Resp {
+        match self.refused(req) {
+            Some(refused) => refused,
+            None => self.tokens.serve(req.uri.query(), Flavor::Imds).await,
+        }
     }
 }
 
@@ -474,6 +514,13 @@ impl<E: Exchange<AzureKey, Credential = AzureToken>> Surface for ImdsSurface<E> 
 
     fn refuse(&self, refusal: Refusal) -> Resp {
         Reject::bad(refusal.message()).render()
+    }
+
+    fn answer_now(&self, req: &Parts) -> Option<Resp> {
+        match self.refused(req) {
+            Some(refused) => Some(refused),
+            None => self.tokens.serve_now(req.uri.query(), Flavor::Imds),
+        }
     }
 
     fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {
@@ -494,31 +541,36 @@ pub struct AppServiceSurface<E: Exchange<AzureKey, Credential = AzureToken>> {
 const IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-identity-header");
 
 impl<E: Exchange<AzureKey, Credential = AzureToken>> AppServiceSurface<E> {
-    async fn serve(&self, req: &Parts) -> Resp {
+    /// The answer to a request refused before any token is looked up (`None`: serve a token).
+    fn refused(&self, req: &Parts) -> Option<Resp> {
         let Some(expected) = &self.header else {
-            return error_body(
+            return Some(error_body(
                 404,
                 "not_found",
                 "the App Service endpoint is disabled: start credbroker with --azure-identity-header",
-            );
+            ));
         };
         if req.method != Method::GET {
-            return error_body(405, "invalid_request", "use GET");
+            return Some(error_body(405, "invalid_request", "use GET"));
         }
         match req.headers.get(IDENTITY_HEADER) {
-            None => {
-                return Reject::bad("Required header X-IDENTITY-HEADER not specified").render();
-            }
+            None => Some(Reject::bad("Required header X-IDENTITY-HEADER not specified").render()),
             Some(v) if !constant_time_eq(v.as_bytes(), expected.expose().as_bytes()) => {
-                return error_body(
+                Some(error_body(
                     401,
                     "unauthorized",
                     "X-IDENTITY-HEADER does not match IDENTITY_HEADER",
-                );
+                ))
             }
-            Some(_) => {}
+            Some(_) => None,
         }
-        self.tokens.serve(req.uri.query(), Flavor::AppService).await
+    }
+
+    async fn serve(&self, req: &Parts) -> Resp {
+        match self.refused(req) {
+            Some(refused) => refused,
+            None => self.tokens.serve(req.uri.query(), Flavor::AppService).await,
+        }
     }
 }
 
@@ -533,6 +585,13 @@ impl<E: Exchange<AzureKey, Credential = AzureToken>> Surface for AppServiceSurfa
 
     fn refuse(&self, refusal: Refusal) -> Resp {
         Reject::bad(refusal.message()).render()
+    }
+
+    fn answer_now(&self, req: &Parts) -> Option<Resp> {
+        match self.refused(req) {
+            Some(refused) => Some(refused),
+            None => self.tokens.serve_now(req.uri.query(), Flavor::AppService),
+        }
     }
 
     fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {

@@ -958,3 +958,84 @@ async fn a_remembered_body_follows_the_clock_the_token_the_identity_and_the_requ
     assert_ne!(next["access_token"], first["access_token"]);
     assert!(expires_in(&next) > 0);
 }
+
+/// What the Azure surfaces answer without waiting is what `handle` answers; a token request
+/// waits (`None`) only while its token is not held.
+#[tokio::test(start_paused = true)]
+async fn answers_without_waiting_are_the_answers_after_waiting() {
+    use crate::testing::answers_now_as_handle;
+    let r = rig(mins(60));
+    let imds_req = |uri: &str, headers: &[(&str, &str)]| parts("GET", uri, headers);
+    let token = imds_req(MGMT, &[("metadata", "true")]);
+    assert!(
+        !answers_now_as_handle(r.imds.as_ref(), &token, false).await,
+        "nothing held yet: the request waits"
+    );
+    assert_eq!(imds(&r, MGMT).await.0, 200);
+    let other = format!("{MGMT}&client_id={OTHER}");
+    assert_eq!(imds(&r, &other).await.0, 200);
+    for (req, now) in [
+        (token, true),
+        (imds_req(&other, &[("metadata", "true")]), true),
+        (imds_req(MGMT, &[]), true),
+        (
+            imds_req(&format!("{MGMT}&client_id=nobody"), &[("metadata", "true")]),
+            true,
+        ),
+        (
+            imds_req(
+                "/metadata/identity/oauth2/token?resource=x",
+                &[("metadata", "true")],
+            ),
+            true,
+        ),
+        (
+            imds_req("/metadata/instance", &[("metadata", "true")]),
+            true,
+        ),
+        (
+            parts(
+                "POST",
+                "/metadata/identity/credential",
+                &[("metadata", "true")],
+            ),
+            true,
+        ),
+        (parts("POST", MGMT, &[("metadata", "true")]), true),
+        (
+            imds_req(
+                "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net",
+                &[("metadata", "true")],
+            ),
+            false,
+        ),
+    ] {
+        let what = format!("{} {}", req.method, req.uri);
+        assert_eq!(
+            answers_now_as_handle(r.imds.as_ref(), &req, false).await,
+            now,
+            "{what}"
+        );
+    }
+    const APP: &str = "/msi/token?api-version=2019-08-01&resource=https://management.azure.com/";
+    for (req, now) in [
+        (parts("GET", APP, &[("x-identity-header", HEADER)]), true),
+        (parts("GET", APP, &[("x-identity-header", "wrong")]), true),
+        (parts("GET", APP, &[]), true),
+        (
+            parts(
+                "GET",
+                "/msi/token?api-version=2017-09-01&resource=x",
+                &[("x-identity-header", HEADER)],
+            ),
+            true,
+        ),
+    ] {
+        let what = format!("{} {}", req.method, req.uri);
+        assert_eq!(
+            answers_now_as_handle(r.app.as_ref(), &req, false).await,
+            now,
+            "{what}"
+        );
+    }
+}

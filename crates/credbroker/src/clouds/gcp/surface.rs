@@ -316,6 +316,16 @@ fn token_body(token: &str, json_plain: bool, expires_in: u64) -> Bytes {
     WipedBuf::bytes(buf)
 }
 
+/// Where a metadata request leads once its checks are done.
+enum GceRoute {
+    /// Answered (refusals, the metadata tree).
+    Done(Resp),
+    /// An account's access token.
+    Token(Account, Query),
+    /// An account's ID token.
+    Identity(Account, Query),
+}
+
 /// The query parameters the server reads (others are ignored, as GCE does).
 #[derive(Default)]
 struct Query {
@@ -350,41 +360,42 @@ where
     A: Exchange<AccessKey, Credential = AccessToken>,
     I: Exchange<IdFor, Credential = Secret>,
 {
-    async fn serve(&self, req: &Parts) -> Resp {
+    fn route(&self, req: &Parts) -> GceRoute {
+        use GceRoute::Done;
         if req.method != Method::GET && req.method != Method::HEAD {
-            return error(405, "Method Not Allowed");
+            return Done(error(405, "Method Not Allowed"));
         }
         let path = req.uri.path();
         if path == "/" {
             // Go's ping sends no flavor header; SDKs check ours.
-            return text(200, "computeMetadata/\n");
+            return Done(text(200, "computeMetadata/\n"));
         }
         let flavored = req
             .headers
             .get(FLAVOR)
             .is_some_and(|v| v.as_bytes() == b"Google");
         if !flavored {
-            return error(
+            return Done(error(
                 403,
                 "Missing required header \"Metadata-Flavor\": \"Google\"",
-            );
+            ));
         }
         if path == "/computeMetadata" || path == "/computeMetadata/" {
-            return text(200, "v1/\n");
+            return Done(text(200, "v1/\n"));
         }
         let Some(rest) = path
             .strip_prefix(PREFIX)
             .filter(|r| r.is_empty() || r.starts_with('/'))
         else {
             // Includes the legacy /computeMetadata/v1beta1/, which must not be served.
-            return error(404, "Not Found");
+            return Done(error(404, "Not Found"));
         };
         let q = Query::parse(req.uri.query());
         if q.wait_for_change {
-            return error(
+            return Done(error(
                 400,
                 "wait_for_change is not supported by this metadata server",
-            );
+            ));
         }
         let rel = rest.trim_start_matches('/');
         if let Some((name, leaf)) = rel
@@ -393,17 +404,17 @@ where
             && let Some(account) = self.account(name)
         {
             match leaf {
-                "token" => return self.token(account, &q).await,
-                "identity" => return self.identity(account, &q).await,
+                "token" => return GceRoute::Token(account, q),
+                "identity" => return GceRoute::Identity(account, q),
                 _ => {}
             }
         }
         let Some(node) = self.tree.lookup(rel) else {
-            return error(404, "Not Found");
+            return Done(error(404, "Not Found"));
         };
         let trailing = rest.ends_with('/') && !rel.is_empty();
         let json_alt = q.alt.as_deref() == Some("json");
-        match node {
+        Done(match node {
             Node::Dir(_) if q.recursive => json(200, node.to_json().to_string()),
             Node::Dir(_) if json_alt => {
                 let names: Vec<String> = node.listing().lines().map(str::to_string).collect();
@@ -415,6 +426,26 @@ where
             Node::Dynamic => error(404, "Not Found"),
             leaf if json_alt => json(200, leaf.to_json().to_string()),
             leaf => text(200, leaf.text()),
+        })
+    }
+
+    async fn serve(&self, req: &Parts) -> Resp {
+        match self.route(req) {
+            GceRoute::Done(resp) => resp,
+            GceRoute::Token(account, q) => self.token(account, &q).await,
+            GceRoute::Identity(account, q) => self.identity(account, &q).await,
+        }
+    }
+
+    /// [`MetadataSurface::serve`] when it needs no waiting.
+    fn serve_now(&self, req: &Parts) -> Option<Resp> {
+        match self.route(req) {
+            GceRoute::Done(resp) => Some(resp),
+            GceRoute::Token(account, q) => match self.token_slot(account, &q) {
+                Ok(slot) => slot.get_now().map(|cred| self.token_response(&cred)),
+                Err(refused) => Some(*refused),
+            },
+            GceRoute::Identity(..) => None,
         }
     }
 
@@ -430,38 +461,41 @@ where
             .map(|e| Account::Other(e.clone()))
     }
 
-    async fn token(&self, account: Account, q: &Query) -> Resp {
-        let asked = match ScopeSet::parse(q.scopes.as_deref()) {
-            Ok(s) => s,
-            Err(why) => return error(400, &why),
-        };
-        let got = match (asked, account) {
-            (None, Account::Default) => self.default_slot.get(WAIT).await,
+    /// The slot holding the token a request asks for (created on first use for other scopes
+    /// and accounts), or the refusal.
+    fn token_slot(&self, account: Account, q: &Query) -> Result<Arc<Slot<AccessToken>>, Box<Resp>> {
+        let asked =
+            ScopeSet::parse(q.scopes.as_deref()).map_err(|why| Box::new(error(400, &why)))?;
+        Ok(match (asked, account) {
+            (None, Account::Default) => self.default_slot.clone(),
             (asked, account) => {
                 let scopes = asked.unwrap_or_else(|| self.default_scopes.clone());
-                self.access
-                    .get(&AccessKey::new(account, scopes), WAIT)
-                    .await
+                self.access.slot(&AccessKey::new(account, scopes))
             }
+        })
+    }
+
+    fn token_response(&self, cred: &Arc<Issued<AccessToken>>) -> Resp {
+        // The remaining lifetime now, never 0 (Go rejects 0; the cache never serves a token
+        // with under 5 s left).
+        let expires_in = cred.remaining(tokio::time::Instant::now()).as_secs().max(1);
+        let body = self.token_bodies.get_or_render(
+            |(last, secs)| Arc::ptr_eq(last, cred) && *secs == expires_in,
+            || {
+                let body = token_body(cred.value.token.expose(), cred.value.json_plain, expires_in);
+                ((cred.clone(), expires_in), body)
+            },
+        );
+        json(200, body)
+    }
+
+    async fn token(&self, account: Account, q: &Query) -> Resp {
+        let slot = match self.token_slot(account, q) {
+            Ok(slot) => slot,
+            Err(refused) => return *refused,
         };
-        match got {
-            Ok(cred) => {
-                // The remaining lifetime now, never 0 (Go rejects 0; the cache never serves
-                // a token with under 5 s left).
-                let expires_in = cred.remaining(tokio::time::Instant::now()).as_secs().max(1);
-                let body = self.token_bodies.get_or_render(
-                    |(last, secs)| Arc::ptr_eq(last, &cred) && *secs == expires_in,
-                    || {
-                        let body = token_body(
-                            cred.value.token.expose(),
-                            cred.value.json_plain,
-                            expires_in,
-                        );
-                        ((cred.clone(), expires_in), body)
-                    },
-                );
-                json(200, body)
-            }
+        match slot.get(WAIT).await {
+            Ok(cred) => self.token_response(&cred),
             Err(u) => unavailable(&u),
         }
     }
@@ -514,6 +548,10 @@ where
 
     fn refuse(&self, refusal: Refusal) -> Resp {
         error(403, refusal.message())
+    }
+
+    fn answer_now(&self, req: &Parts) -> Option<Resp> {
+        self.serve_now(req)
     }
 
     fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {

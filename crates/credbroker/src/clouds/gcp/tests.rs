@@ -665,3 +665,54 @@ async fn other_service_accounts_are_listed_and_served_under_their_email() {
         assert_eq!(status, 404);
     }
 }
+
+/// What the metadata server answers without waiting is what `handle` answers; a token request
+/// waits (`None`) only while its token is not held, and ID tokens always go the waiting way.
+#[tokio::test(start_paused = true)]
+async fn answers_without_waiting_are_the_answers_after_waiting() {
+    use crate::testing::answers_now_as_handle;
+    let rig = Rig::with_others(true, &[OTHER], HOUR, FAST);
+    let s = rig.surface.as_ref();
+    let get = |path: &str, flavored: bool| {
+        let mut headers = vec![("host", "127.0.0.1:8189")];
+        if flavored {
+            headers.push(("metadata-flavor", "Google"));
+        }
+        crate::testing::parts("GET", path, &headers)
+    };
+    const TOKEN: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
+    assert!(
+        !answers_now_as_handle(s, &get(TOKEN, true), false).await,
+        "nothing held yet: the request waits"
+    );
+    rig.token("").await;
+    let other = format!("/computeMetadata/v1/instance/service-accounts/{OTHER}/token");
+    assert_eq!(
+        rig.get(&other, &[("metadata-flavor", "Google")]).await.0,
+        200
+    );
+    for (req, now) in [
+        (get(TOKEN, true), true),
+        (get(&other, true), true),
+        (get(TOKEN, false), true),
+        (get(&format!("{TOKEN}?scopes=a%20b"), true), false),
+        (get(&format!("{TOKEN}?wait_for_change=true"), true), true),
+        (get("/computeMetadata/v1/project/project-id", true), true),
+        (
+            get("/computeMetadata/v1/instance/?recursive=true", true),
+            true,
+        ),
+        (get("/computeMetadata/v1/nothing", true), true),
+        (get("/", false), true),
+        (
+            get(
+                "/computeMetadata/v1/instance/service-accounts/default/identity?audience=x",
+                true,
+            ),
+            false,
+        ),
+    ] {
+        let what = format!("{} {}", req.method, req.uri);
+        assert_eq!(answers_now_as_handle(s, &req, false).await, now, "{what}");
+    }
+}
