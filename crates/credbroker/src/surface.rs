@@ -177,33 +177,40 @@ impl Router {
         (name, resp)
     }
 
-    async fn dispatch(&self, req: &Parts) -> (Option<usize>, &'static str, Resp) {
-        let path = req.uri.path();
-        let found = self
-            .routes
+    /// The index of the surface that claims `path`.
+    fn find(&self, path: &str) -> Option<usize> {
+        self.routes
             .iter()
             .find(|(claim, _)| claim.matches(path))
-            .map(|(_, i)| *i);
-        match found {
-            Some(i) => {
+            .map(|(_, i)| *i)
+    }
+
+    /// The answer to `req` if it needs no waiting, else the index of the surface that must
+    /// wait (a claimed request the guard let through).
+    fn dispatch_now(&self, req: &Parts) -> Result<(Option<usize>, &'static str, Resp), usize> {
+        let Some(i) = self.find(req.uri.path()) else {
+            return Ok((None, "none", text(404, "Not Found\n")));
+        };
+        let surface = &self.surfaces[i];
+        let resp = match guard::check(req) {
+            Ok(()) => surface.answer_now(req).ok_or(i)?,
+            Err(refusal) => surface.refuse(refusal),
+        };
+        Ok((Some(i), surface.name(), resp))
+    }
+
+    async fn dispatch(&self, req: &Parts) -> (Option<usize>, &'static str, Resp) {
+        match self.dispatch_now(req) {
+            Ok(answered) => answered,
+            Err(i) => {
                 let surface = &self.surfaces[i];
-                let resp = match guard::check(req) {
-                    Ok(()) => match surface.answer_now(req) {
-                        Some(resp) => resp,
-                        None => surface.handle(req).await,
-                    },
-                    Err(refusal) => surface.refuse(refusal),
-                };
-                (Some(i), surface.name(), resp)
+                (Some(i), surface.name(), surface.handle(req).await)
             }
-            None => (None, "none", text(404, "Not Found\n")),
         }
     }
-}
 
-impl Handler for Router {
-    async fn call(&self, req: Parts) -> Resp {
-        let (index, name, resp) = self.dispatch(&req).await;
+    /// Counts the answer and traces the request.
+    fn record(&self, req: &Parts, index: Option<usize>, name: &'static str, resp: &Resp) {
         let status = resp.status().as_u16();
         match index {
             Some(i) if status == 200 => {
@@ -220,6 +227,23 @@ impl Handler for Router {
         }
         // The path only: headers carry the shared secrets, and queries are not needed here.
         tracing::trace!(method = %req.method, path = req.uri.path(), surface = name, status, "request");
+    }
+}
+
+impl Handler for Router {
+    fn call_now(&self, req: Parts) -> Result<Resp, Box<Parts>> {
+        match self.dispatch_now(&req) {
+            Ok((index, name, resp)) => {
+                self.record(&req, index, name, &resp);
+                Ok(resp)
+            }
+            Err(_) => Err(Box::new(req)),
+        }
+    }
+
+    async fn call(&self, req: Parts) -> Resp {
+        let (index, name, resp) = self.dispatch(&req).await;
+        self.record(&req, index, name, &resp);
         resp
     }
 }
@@ -255,6 +279,70 @@ mod tests {
     }
 
     const OK: &[Claim] = &[Claim::Tree("/ok"), Claim::Exact("/teapot")];
+
+    /// Answers `/ok/now` without waiting; everything else only through `handle`.
+    struct Ready;
+
+    impl Surface for Ready {
+        fn name(&self) -> &'static str {
+            "ready"
+        }
+
+        fn claims(&self) -> &'static [Claim] {
+            OK
+        }
+
+        fn refuse(&self, refusal: Refusal) -> Resp {
+            text(451, refusal.message())
+        }
+
+        fn answer_now(&self, req: &Parts) -> Option<Resp> {
+            (req.uri.path() == "/ok/now").then(|| text(200, "now"))
+        }
+
+        fn handle<'a>(&'a self, _req: &'a Parts) -> BoxFuture<'a, Resp> {
+            Box::pin(async { text(200, "later") })
+        }
+    }
+
+    #[tokio::test]
+    async fn what_needs_no_waiting_is_answered_before_any_future_and_counted_once() {
+        let metrics = Arc::new(Metrics::new());
+        let router = Router::new(vec![Arc::new(Ready)], metrics.clone()).unwrap();
+        let body = |resp: Resp| async move {
+            let b = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap();
+            String::from_utf8(b.to_bytes().to_vec()).unwrap()
+        };
+        let now = router
+            .call_now(parts("GET", "/ok/now", &[]))
+            .expect("answered now");
+        assert_eq!(body(now).await, "now");
+        // Unclaimed paths and guard refusals need no waiting either.
+        assert_eq!(
+            router
+                .call_now(parts("GET", "/nope", &[]))
+                .unwrap()
+                .status(),
+            404
+        );
+        let proxied = parts("GET", "/ok/x", &[("x-forwarded-for", "10.0.0.1")]);
+        assert_eq!(router.call_now(proxied).unwrap().status(), 451);
+        // A request the surface must wait for comes back whole, for `call`.
+        let back = router.call_now(parts("GET", "/ok/later", &[])).unwrap_err();
+        assert_eq!(back.uri.path(), "/ok/later");
+        assert_eq!(body(router.call(*back).await).await, "later");
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"credbroker_requests_total{surface="ready",status="200"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"credbroker_requests_total{surface="ready",status="451"} 1"#),
+            "{text}"
+        );
+    }
 
     #[tokio::test]
     async fn counts_requests_per_surface_and_status() {
