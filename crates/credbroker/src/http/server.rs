@@ -217,13 +217,16 @@ async fn serve_conns<S: Serve, A: Accept>(
                 Err(_) => return,
             };
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                // Answered here when it can be, so the request is gone before the future is.
-                let now = service.serve_now(req);
-                let service = service.clone();
+                // Answered here when it can be, so the request is gone before the future is;
+                // the service is cloned (a shared count, touched from every core) only to wait.
+                let pending = match service.serve_now(req) {
+                    Ok(resp) => Ok(resp),
+                    Err(req) => Err((service.clone(), req)),
+                };
                 async move {
-                    Ok::<_, Infallible>(match now {
+                    Ok::<_, Infallible>(match pending {
                         Ok(resp) => resp,
-                        Err(req) => service.serve(*req).await,
+                        Err((service, req)) => service.serve(*req).await,
                     })
                 }
             });
