@@ -27,15 +27,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fakeenv import broker_env, wait_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IDENTITY_HEADER = "credbroker-layout-identity-header"
@@ -56,15 +59,6 @@ FOOTER = """\
 }
 INSERT BEFORE .text;
 """
-
-
-def wait_file(path: Path, proc: subprocess.Popen, timeout=120.0) -> str:
-    deadline = time.monotonic() + timeout
-    while not (path.exists() and path.read_text().strip()):
-        assert proc.poll() is None, f"process exited ({proc.args})"
-        assert time.monotonic() < deadline, f"{path} not written"
-        time.sleep(0.05)
-    return path.read_text()
 
 
 def call(url: str, headers: dict | None = None, method: str = "GET") -> tuple[int, bytes]:
@@ -114,16 +108,7 @@ def main() -> None:
     dump = tmp / "callgrind.out"
     try:
         desc = json.loads(wait_file(tmp / "ready.json", fake))
-        env = {
-            "PATH": os.environ["PATH"],
-            "AWS_ROLE_ARN": desc["aws"]["role_arn"], "AWS_WEB_IDENTITY_TOKEN_FILE": desc["tokens"]["aws"],
-            "AWS_ENDPOINT_URL_STS": desc["aws"]["sts_endpoint"], "AWS_REGION": desc["aws"]["region"],
-            "GOOGLE_APPLICATION_CREDENTIALS": desc["gcp"]["credentials_file"],
-            "GOOGLE_CLOUD_PROJECT": desc["gcp"]["project_id"],
-            "AZURE_CLIENT_ID": desc["azure"]["client_id"], "AZURE_TENANT_ID": desc["azure"]["tenant_id"],
-            "AZURE_FEDERATED_TOKEN_FILE": desc["tokens"]["azure"],
-            "AZURE_AUTHORITY_HOST": desc["azure"]["authority_host"],
-        }
+        env = broker_env(desc)
         broker = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--demangle=no", "--dump-instr=no", f"--callgrind-out-file={dump}",
              args.broker, "--log-level", "warn", "serve", "--listen", "127.0.0.1:0", "--ops-listen",

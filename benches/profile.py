@@ -16,29 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shlex
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fakeenv import broker_env, wait_file  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 IDENTITY_HEADER = "credbroker-bench-identity-header"
 ARM = "https%3A%2F%2Fmanagement.azure.com%2F"
 ROLE = "credbroker-demo"
-
-
-def wait_file(path: Path, proc: subprocess.Popen, timeout=120.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        if path.exists() and path.read_text().strip():
-            return path.read_text()
-        assert proc.poll() is None, f"process exited ({proc.args})"
-        assert time.monotonic() < deadline, f"{path} not written"
-        time.sleep(0.05)
 
 
 def get(url: str, headers: dict, method="GET") -> tuple[int, bytes, dict]:
@@ -110,16 +103,7 @@ def main() -> None:
     procs = [fake]
     try:
         desc = json.loads(wait_file(tmp / "ready.json", fake))
-        env = {
-            "PATH": os.environ["PATH"],
-            "AWS_ROLE_ARN": desc["aws"]["role_arn"], "AWS_WEB_IDENTITY_TOKEN_FILE": desc["tokens"]["aws"],
-            "AWS_ENDPOINT_URL_STS": desc["aws"]["sts_endpoint"], "AWS_REGION": desc["aws"]["region"],
-            "GOOGLE_APPLICATION_CREDENTIALS": desc["gcp"]["credentials_file"],
-            "GOOGLE_CLOUD_PROJECT": desc["gcp"]["project_id"],
-            "AZURE_CLIENT_ID": desc["azure"]["client_id"], "AZURE_TENANT_ID": desc["azure"]["tenant_id"],
-            "AZURE_FEDERATED_TOKEN_FILE": desc["tokens"]["azure"],
-            "AZURE_AUTHORITY_HOST": desc["azure"]["authority_host"],
-        }
+        env = broker_env(desc)
         dump = outdir / f"callgrind.{args.label}"
         broker = subprocess.Popen(
             callgrind(dump) + [args.broker, "--log-level", "warn", *shlex.split(args.broker_args), "serve",

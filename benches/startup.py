@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fakeenv import broker_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,22 +74,7 @@ def main() -> None:
             assert time.monotonic() < deadline and fake.poll() is None, "fakecloud did not start"
             time.sleep(0.01)
         desc = json.loads(ready_file.read_text())
-        env = {
-            "PATH": os.environ["PATH"],
-            "AWS_ROLE_ARN": desc["aws"]["role_arn"],
-            "AWS_WEB_IDENTITY_TOKEN_FILE": desc["tokens"]["aws"],
-            "AWS_ENDPOINT_URL_STS": desc["aws"]["sts_endpoint"],
-            "AWS_REGION": desc["aws"]["region"],
-        }
-        if args.clouds == "all":
-            env.update({
-                "GOOGLE_APPLICATION_CREDENTIALS": desc["gcp"]["credentials_file"],
-                "GOOGLE_CLOUD_PROJECT": desc["gcp"]["project_id"],
-                "AZURE_CLIENT_ID": desc["azure"]["client_id"],
-                "AZURE_TENANT_ID": desc["azure"]["tenant_id"],
-                "AZURE_FEDERATED_TOKEN_FILE": desc["tokens"]["azure"],
-                "AZURE_AUTHORITY_HOST": desc["azure"]["authority_host"],
-            })
+        env = broker_env(desc, args.clouds)
         times_ms, rss = [], []
         for i in range(args.runs):
             addr_file = tmp / f"addrs-{i}"

@@ -1,0 +1,37 @@
+"""What the benchmark scripts share: waiting for a file a process writes, and the environment an
+application container gets for the clouds fakecloud emulates (from its ready file)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+
+def wait_file(path: Path, proc: subprocess.Popen, timeout=120.0) -> str:
+    """The contents of `path` once `proc` has written it (non-empty)."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_text().strip()):
+        assert proc.poll() is None, f"process exited ({proc.args})"
+        assert time.monotonic() < deadline, f"{path} not written"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def broker_env(desc: dict, clouds: str = "all") -> dict[str, str]:
+    """The broker's environment for fakecloud's clouds: `aws`, or `all` (AWS, GCP and Azure)."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "AWS_ROLE_ARN": desc["aws"]["role_arn"], "AWS_WEB_IDENTITY_TOKEN_FILE": desc["tokens"]["aws"],
+        "AWS_ENDPOINT_URL_STS": desc["aws"]["sts_endpoint"], "AWS_REGION": desc["aws"]["region"],
+    }
+    if clouds == "all":
+        env.update({
+            "GOOGLE_APPLICATION_CREDENTIALS": desc["gcp"]["credentials_file"],
+            "GOOGLE_CLOUD_PROJECT": desc["gcp"]["project_id"],
+            "AZURE_CLIENT_ID": desc["azure"]["client_id"], "AZURE_TENANT_ID": desc["azure"]["tenant_id"],
+            "AZURE_FEDERATED_TOKEN_FILE": desc["tokens"]["azure"],
+            "AZURE_AUTHORITY_HOST": desc["azure"]["authority_host"],
+        })
+    return env
