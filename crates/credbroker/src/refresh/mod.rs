@@ -226,8 +226,8 @@ impl<K: CacheKey, E: Exchange<K>> Cache<K, E> {
 
     /// The slot for `key`, created (and its first exchange started) on first use.
     pub fn slot(&self, key: &K) -> Arc<Slot<E::Credential>> {
-        if let Some((_, slot)) = self.inner.pinned.read().iter().find(|(k, _)| k == key) {
-            return slot.clone();
+        if let Some(slot) = self.with_pinned(key, Arc::clone) {
+            return slot;
         }
         let mut slots = self.inner.slots.lock();
         if let Some(entry) = slots.get(key) {
@@ -250,7 +250,20 @@ impl<K: CacheKey, E: Exchange<K>> Cache<K, E> {
     /// What [`Cache::get`] answers without waiting ([`Slot::get_now`]); the slot is created
     /// on first use, as `get` creates it.
     pub fn get_now(&self, key: &K) -> Option<Arc<Issued<E::Credential>>> {
-        self.slot(key).get_now()
+        match self.with_pinned(key, |slot| slot.get_now()) {
+            Some(got) => got,
+            None => self.slot(key).get_now(),
+        }
+    }
+
+    /// `f` on a pinned key's slot, found without hashing or the map's lock and without
+    /// touching the slot's shared count; `None` when `key` is not pinned.
+    fn with_pinned<R>(&self, key: &K, f: impl FnOnce(&Arc<Slot<E::Credential>>) -> R) -> Option<R> {
+        let pinned = self.inner.pinned.read();
+        pinned
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, slot)| f(slot))
     }
 
     /// A servable credential for `key`, waiting up to `wait` for an exchange in flight.

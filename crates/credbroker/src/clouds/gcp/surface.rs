@@ -8,6 +8,7 @@
 //! or with `X-Forwarded-For`; 503 while a token is being fetched or upstream fails transiently;
 //! 403 or 404 with the upstream reason for a permanent denial.
 
+use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -437,18 +438,6 @@ where
         }
     }
 
-    /// [`MetadataSurface::serve`] when it needs no waiting.
-    fn serve_now(&self, req: &Parts) -> Option<Resp> {
-        match self.route(req) {
-            GceRoute::Done(resp) => Some(resp),
-            GceRoute::Token(account, q) => match self.token_slot(account, &q) {
-                Ok(slot) => slot.get_now().map(|cred| self.token_response(&cred)),
-                Err(refused) => Some(*refused),
-            },
-            GceRoute::Identity(..) => None,
-        }
-    }
-
     /// The account a path segment names: `default` and the configuration's own email are the
     /// default account; the others by their email.
     fn account(&self, name: &str) -> Option<Account> {
@@ -463,14 +452,20 @@ where
 
     /// The slot holding the token a request asks for (created on first use for other scopes
     /// and accounts), or the refusal.
-    fn token_slot(&self, account: Account, q: &Query) -> Result<Arc<Slot<AccessToken>>, Box<Resp>> {
+    ///
+    /// The default slot is lent, not cloned: its count is shared by every core serving it.
+    fn token_slot(
+        &self,
+        account: Account,
+        q: &Query,
+    ) -> Result<Cow<'_, Arc<Slot<AccessToken>>>, Box<Resp>> {
         let asked =
             ScopeSet::parse(q.scopes.as_deref()).map_err(|why| Box::new(error(400, &why)))?;
         Ok(match (asked, account) {
-            (None, Account::Default) => self.default_slot.clone(),
+            (None, Account::Default) => Cow::Borrowed(&self.default_slot),
             (asked, account) => {
                 let scopes = asked.unwrap_or_else(|| self.default_scopes.clone());
-                self.access.slot(&AccessKey::new(account, scopes))
+                Cow::Owned(self.access.slot(&AccessKey::new(account, scopes)))
             }
         })
     }
@@ -551,7 +546,14 @@ where
     }
 
     fn answer_now(&self, req: &Parts) -> Option<Resp> {
-        self.serve_now(req)
+        match self.route(req) {
+            GceRoute::Done(resp) => Some(resp),
+            GceRoute::Token(account, q) => match self.token_slot(account, &q) {
+                Ok(slot) => slot.get_now().map(|cred| self.token_response(&cred)),
+                Err(refused) => Some(*refused),
+            },
+            GceRoute::Identity(..) => None,
+        }
     }
 
     fn handle<'a>(&'a self, req: &'a Parts) -> BoxFuture<'a, Resp> {
