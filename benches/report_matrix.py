@@ -36,11 +36,9 @@ def _ratio(a, b):
 
 
 def _aa(cell):
-    valid = [r for r in cell["rounds"] if r["valid"]] or cell["rounds"]
-    rps = sorted(r["aa_rps"] for r in valid)
-    p99 = sorted(r["aa_p99"] for r in valid)
-    mid = len(rps) // 2
-    return (rps[mid], p99[mid]) if rps else (None, None)
+    """floor-b / floor, throughput and p99: median (min–max) over the cell's rounds."""
+    aa = cell.get("aa")
+    return (_sp(aa["rps"]), _sp(aa["p99"])) if aa else ("–", "–")
 
 
 def checks(M) -> list[tuple[str, str, str, bool]]:
@@ -67,7 +65,7 @@ def checks(M) -> list[tuple[str, str, str, bool]]:
             conns = "/".join(str(c["connections"]) for c in cells)
             fig = f"{'/'.join(rps)}× throughput, {'/'.join(p99)}× p99 at {conns} connections"
             if void:
-                fig += f" (VOID at {', '.join(void)}: A/A out of bounds)"
+                fig += f" (VOID at {', '.join(void)}: A/A medians out of bounds)"
             out.append((f"{surface} vs floor, {p['placement']}, wrk", fig,
                         f"≥ {RPS_TARGET:.2f}× and ≤ {P99_TARGET:.2f}×", ok))
     return out
@@ -87,8 +85,8 @@ def problems(M) -> list[str]:
 def _main_table(w, tool, cells):
     w(f"\n{tool}:\n")
     w("| surface | conns | broker req/s | floor req/s | broker/floor | p99 µs broker / floor | p99 ratio | "
-      "baseline/floor | go-floor/floor | broker/go | A/A rps, p99 | valid | CPU µs/req broker / floor | |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+      "baseline/floor | go-floor/floor | broker/go | A/A rps | A/A p99 | rounds | CPU µs/req broker / floor | |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for c in cells:
         b, f, base, go = (_by(c, k) for k in ("broker", "floor", "baseline", "go-floor"))
         if not b or not f:
@@ -101,7 +99,7 @@ def _main_table(w, tool, cells):
           f"{_sp(f['rps'], 0)} | {_sp(b['rps_ratio'])} | {_f(_med(b['p99_us']))} / {_f(_med(f['p99_us']))} | "
           f"{_sp(b['p99_ratio'])} | {_sp(base['rps_ratio']) if base else '–'} | "
           f"{_sp(go['rps_ratio']) if go else '–'} | {_f(_ratio(b['rps'], go['rps']), 2) if go else '–'} | "
-          f"{_f(aar, 3)}, {_f(aap, 3)} | {c['valid_rounds']}/{len(c['rounds'])} | "
+          f"{aar} | {aap} | {len(c['rounds'])} | "
           f"{_f(_med(b['server_us_per_req']), 1)} / {_f(_med(f['server_us_per_req']), 1)} | {mark} |")
 
 
@@ -111,10 +109,10 @@ def render(M, w, title="Load matrix: broker vs floor (`credbroker-bench matrix`)
     w(f"\n## {title}\n")
     w(f"Closed loop, HTTP/1.1 keep-alive. {M['rounds']} rounds per cell, servers in rotating order "
       f"(round k starts with the k-th server), {M['duration_s']} s measured per run. Ratios are per round, "
-      f"to the floor's run of that round: median (min–max) over the valid rounds. **A/A control**: a second "
-      f"floor instance (floor-b) is measured like any server; a round counts only if floor-b/floor is within "
-      f"±{aa['rps'] * 100:.0f} % throughput and ±{aa['p99'] * 100:.0f} % p99, and a cell needs "
-      f"{M['min_valid']} valid rounds (after up to {M.get('extra_rounds', 2)} extra rounds) or it is VOID. "
+      f"to the floor's run of that round: median (min–max) over the rounds. **A/A control**: a second "
+      f"floor instance (floor-b) is measured like any server and summarised the same way; a cell counts only "
+      f"if floor-b/floor's median is within ±{aa['rps'] * 100:.0f} % throughput and ±{aa['p99'] * 100:.0f} % "
+      f"p99 (a cell outside gets up to {M.get('extra_rounds', 2)} extra rounds), otherwise it is VOID. "
       f"Pinned: servers `taskset -c {lay['server_cpu']}`, generator `taskset -c {lay['client_cpu']}`; "
       f"quota: server in a cgroup of {lay['quota']} CPU, generator pinned; unpinned: neither. "
       f"wrk: `{M['wrk_version']}`, `-t1 -cN -dS --latency` with a Lua script for the headers; ours: "
@@ -143,7 +141,7 @@ def render(M, w, title="Load matrix: broker vs floor (`credbroker-bench matrix`)
         if own and wrk:
             w("\nwrk vs our generator, same servers, same placement (figures: wrk / ours):\n")
             w("| surface | conns | floor req/s | broker/floor | p99 ratio | generator busy | generator µs/req | "
-              "floor busy | floor p99 µs | valid |")
+              "floor busy | floor p99 µs | A/A |")
             w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for c in own:
                 cw = next((x for x in wrk if x["surface"] == c["surface"] and x["connections"] == c["connections"]), None)
@@ -159,7 +157,7 @@ def render(M, w, title="Load matrix: broker vs floor (`credbroker-bench matrix`)
                   f"{_f(_med(fw['client_us_per_req']), 1)} / {_f(_med(fo['client_us_per_req']), 1)} | "
                   f"{pct(fw['server_busy'])} / {pct(fo['server_busy'])} | "
                   f"{_f(_med(fw['p99_us']))} / {_f(_med(fo['p99_us']))} | "
-                  f"{cw['valid_rounds']}/{len(cw['rounds'])}, {c['valid_rounds']}/{len(c['rounds'])} |")
+                  f"{'VOID' if cw['void'] else 'counts'} / {'VOID' if c['void'] else 'counts'} |")
 
 
 def render_sizing(S, w):
@@ -168,7 +166,8 @@ def render_sizing(S, w):
     w("The same broker binary with different runtimes, against the floor (whose runtime is sized by "
       f"`credbroker::cpus` like the broker's default) and its A/A twin; load: {', '.join(tools)}. "
       "`broker` is the default "
-      "(`--worker-threads auto`). Cells: median over valid rounds; ratios to the floor of the same round.\n")
+      "(`--worker-threads auto`). Cells: median over the rounds; ratios to the floor of the same round; "
+      "VOID: the A/A medians out of bounds.\n")
     for p in S["placements"]:
         if p["skipped"]:
             w(f"- {p['placement']}: not run: {p['skipped']}")
@@ -178,7 +177,7 @@ def render_sizing(S, w):
         th = p.get("throttled")
         w(f"\n### {p['placement']}" + (f" ({p['cgroup']}; throttled {th[0]} periods, {th[1]:.1f} s)" if th else "") + "\n")
         labels = [s["label"] for s in p["servers"]]
-        w("| cell | " + " | ".join(f"{l} ({_f(threads.get(l))} thr)" for l in labels) + " | valid |")
+        w("| cell | " + " | ".join(f"{l} ({_f(threads.get(l))} thr)" for l in labels) + " | rounds |")
         w("|---:|" + "---:|" * len(labels) + "---:|")
         for c in p["cells"]:
             row = []
@@ -192,6 +191,6 @@ def render_sizing(S, w):
                 row.append("–" if not s else f"{_f(_med(s['rps']))} req/s, {_f(_med(s['rps_ratio']), 2)}×; "
                                              f"p99 {_f(_med(s['p99_us']))} µs ({_f(_med(s['p99_ratio']), 2)}×); "
                                              f"busy {_f((_med(s['server_busy']) or 0) * 100)} %{perf}")
-            w(f"| {c['surface']} {c['connections']} | " + " | ".join(row) + f" | {c['valid_rounds']}/{len(c['rounds'])}"
+            w(f"| {c['surface']} {c['connections']} | " + " | ".join(row) + f" | {len(c['rounds'])}"
               + (" VOID" if c["void"] else "") + " |")
         w("\nCommands: " + "; ".join(f"{l}: `{cmds[l].strip()}`" for l in labels))

@@ -234,9 +234,7 @@ struct MatrixArgs {
     own_servers: Vec<String>,
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Valid rounds a cell needs; short cells get up to --extra-rounds more, then are void.
-    #[arg(long, default_value_t = 3)]
-    min_valid: usize,
+    /// More rounds (at most) for a cell whose A/A medians are out of bounds; then it is void.
     #[arg(long, default_value_t = 2)]
     extra_rounds: usize,
     /// Measured seconds per run (wrk: rounded to whole seconds).
@@ -249,7 +247,8 @@ struct MatrixArgs {
     /// Seconds of wrk on every server and surface before the first round.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
-    /// A/A rule: floor-b within ± this share of the floor's throughput…
+    /// A/A rule: a cell counts when floor-b / floor (median over its rounds) is within ± this
+    /// share in throughput…
     #[arg(long, default_value_t = 0.05)]
     aa_rps: f64,
     /// …and of its p99 latency.
@@ -305,7 +304,6 @@ impl MatrixArgs {
             },
             own_servers: self.own_servers.clone(),
             rounds: self.rounds.max(1),
-            min_valid: self.min_valid.min(self.rounds.max(1)),
             extra_rounds: self.extra_rounds,
             duration: self.duration,
             own_warmup: self.own_warmup,
