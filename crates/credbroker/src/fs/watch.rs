@@ -137,9 +137,13 @@ impl Drop for DirWatch {
 /// on a backstop interval anyway.
 pub(crate) fn watch_parent(path: &Path, wake: Arc<Notify>) -> Option<DirWatch> {
     let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
     };
+    // One name per directory: inotify gives a directory one watch however it is named, and
+    // notify reports its events under the name it was watched by last, so two spellings of one
+    // directory (`/t` and `/t/../t`, or a symlink) would leave the first one's readers asleep.
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     match shared().add(&dir, wake) {
         Ok(w) => Some(w),
         Err(error) => {
@@ -257,13 +261,36 @@ mod tests {
         write_atomic(&also_a, b"2", FileMode::new(false)).unwrap();
         assert!(woken(&wa2, Duration::from_secs(10)).await);
         drop(w_a2);
-        assert!(shared().readers.lock().get(a.path()).is_none());
-        assert!(shared().readers.lock().get(b.path()).is_none());
+        for dir in [a.path(), b.path()] {
+            let dir = std::fs::canonicalize(dir).unwrap();
+            assert!(
+                shared().readers.lock().get(&dir).is_none(),
+                "{dir:?} still watched"
+            );
+        }
         let _again = watch_parent(&in_b, wb.clone()).unwrap();
         write_atomic(&in_b, b"2", FileMode::new(false)).unwrap();
         assert!(
             woken(&wb, Duration::from_secs(10)).await,
             "a re-watched directory wakes"
+        );
+    }
+
+    /// Two spellings of one directory share its watch, and both readers wake.
+    #[tokio::test]
+    async fn one_directory_by_two_names_wakes_both_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().file_name().unwrap();
+        let plain = dir.path().join("aws");
+        let detour = dir.path().join("..").join(name).join("azure");
+        let [wa, wb] = [(); 2].map(|()| Arc::new(Notify::new()));
+        let _a = watch_parent(&plain, wa.clone()).unwrap();
+        let _b = watch_parent(&detour, wb.clone()).unwrap();
+        write_atomic(&plain, b"1", FileMode::new(false)).unwrap();
+        assert!(woken(&wa, Duration::from_secs(10)).await);
+        assert!(
+            woken(&wb, Duration::from_secs(10)).await,
+            "the second spelling's reader slept"
         );
     }
 
