@@ -8,6 +8,7 @@ shape. callgrind_annotate's top inclusive entries go to target/profile/<server>-
 
 Usage: benches/profile.py [--broker target/profiling/credbroker] [--broker-args "..."]
                           [--bench target/profiling/credbroker-bench] [--targets aws-imds,...]
+                          [--cache-sim]   (cache misses per request too: callgrind's cache model)
 Build first: cargo build --profile profiling -p credbroker -p fakecloud -p credbroker-benches --bins
 Prints one JSON object.
 """
@@ -54,8 +55,9 @@ def requests_for(auth: str, session: str) -> dict[str, tuple[str, dict]]:
     }
 
 
-def callgrind(out: Path) -> list[str]:
-    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no"]
+def callgrind(out: Path, cache_sim: bool = False) -> list[str]:
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
+            f"--cache-sim={'yes' if cache_sim else 'no'}"]
 
 
 def drive(addr: str, path: str, headers: dict, pid: int, seconds: int, conns: int, tmp: Path,
@@ -77,10 +79,17 @@ def drive(addr: str, path: str, headers: dict, pid: int, seconds: int, conns: in
     dumps = sorted(Path(dump.parent).glob(dump.name + "*"), key=lambda p: p.stat().st_mtime)
     text = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=95", str(dumps[-1])],
                           capture_output=True, text=True).stdout
-    total = re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", text)
-    ir = int(total.group(1).replace(",", "")) if total else 0
-    return {"requests": requests, "ir": ir, "ir_per_request": round(ir / requests) if requests else None,
-            "annotate": text}
+    # One total per event (Ir alone, or with --cache-sim the I1/LL/D1 misses too).
+    events = re.search(r"^Events shown:\s+(.*)$", text, re.M)
+    names = events.group(1).split() if events else ["Ir"]
+    line = next((l for l in text.splitlines() if "PROGRAM TOTALS" in l), "")
+    totals = dict(zip(names, (int(n.replace(",", "")) for n in re.findall(r"([\d,]+) \(100\.0%\)", line))))
+    ir = totals.get("Ir", 0)
+    out = {"requests": requests, "ir": ir, "ir_per_request": round(ir / requests) if requests else None,
+           "annotate": text}
+    if len(totals) > 1 and requests:
+        out["per_request"] = {k: round(v / requests, 1) for k, v in totals.items()}
+    return out
 
 
 def main() -> None:
@@ -94,6 +103,9 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--label", default="broker")
+    ap.add_argument("--cache-sim", action="store_true",
+                    help="callgrind's cache simulation: I1/D1/LL misses per request as well "
+                         "(a model of the host's caches, user space only; slower)")
     args = ap.parse_args()
     outdir = ROOT / "target/profile"
     outdir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +118,7 @@ def main() -> None:
         env = broker_env(desc)
         dump = outdir / f"callgrind.{args.label}"
         broker = subprocess.Popen(
-            callgrind(dump) + [args.broker, "--log-level", "warn", *shlex.split(args.broker_args), "serve",
+            callgrind(dump, args.cache_sim) + [args.broker, "--log-level", "warn", *shlex.split(args.broker_args), "serve",
                                "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0",
                                "--addr-file", str(tmp / "addrs"), "--aws-auth-token-file", str(tmp / "auth"),
                                "--azure-identity-header", IDENTITY_HEADER],
@@ -136,7 +148,7 @@ def main() -> None:
                                      if k.lower() not in ("content-length", "date", "connection")]}
                 fdump = outdir / "callgrind.floor"
                 faddr_file = tmp / f"floor-{target}"
-                floor = subprocess.Popen(callgrind(fdump) + [args.bench, "floor", "--shape", json.dumps(shape),
+                floor = subprocess.Popen(callgrind(fdump, args.cache_sim) + [args.bench, "floor", "--shape", json.dumps(shape),
                                                               "--addr-file", str(faddr_file)],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 procs.append(floor)
