@@ -1,8 +1,10 @@
-"""What the benchmark scripts share: waiting for a file a process writes, and the environment an
-application container gets for the clouds fakecloud emulates (from its ready file)."""
+"""What the benchmark scripts share: fakecloud started and its description read, waiting for a file
+a process writes, the environment an application container gets for the clouds fakecloud emulates
+(from its ready file), and stopping what a script started."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -17,6 +19,29 @@ def wait_file(path: Path, proc: subprocess.Popen, timeout=120.0) -> str:
         assert time.monotonic() < deadline, f"{path} not written"
         time.sleep(0.05)
     return path.read_text()
+
+
+def start_fakecloud(binary: str, tmp: Path) -> tuple[subprocess.Popen, dict]:
+    """fakecloud serving from `tmp/cloud`, and its ready file's description."""
+    fake = subprocess.Popen([binary, "run", "--state-dir", str(tmp / "cloud"), "--ready-file", str(tmp / "ready.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        return fake, json.loads(wait_file(tmp / "ready.json", fake))
+    except BaseException:
+        stop(fake)
+        raise
+
+
+def stop(*procs: subprocess.Popen) -> None:
+    """Each process still running terminated (last started first), killed if it lingers."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 def broker_env(desc: dict, clouds: str = "all") -> dict[str, str]:

@@ -38,7 +38,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fakeenv import broker_env, wait_file  # noqa: E402
+from fakeenv import broker_env, start_fakecloud, stop, wait_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IDENTITY_HEADER = "credbroker-layout-identity-header"
@@ -102,12 +102,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "crates/credbroker/link/hot.ld"))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="credbroker-layout-"))
-    fake = subprocess.Popen([args.fakecloud, "run", "--state-dir", str(tmp / "cloud"), "--ready-file",
-                             str(tmp / "ready.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fake, desc = start_fakecloud(args.fakecloud, tmp)
     procs = [fake]
     dump = tmp / "callgrind.out"
     try:
-        desc = json.loads(wait_file(tmp / "ready.json", fake))
         env = broker_env(desc)
         broker = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--demangle=no", "--dump-instr=no", f"--callgrind-out-file={dump}",
@@ -151,10 +149,7 @@ def main() -> None:
                        + "".join(f"    *({p})\n" for p in patterns) + FOOTER)
         print(json.dumps({"functions_executed": len(names), "patterns": len(patterns), "out": str(out)}))
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                p.wait(timeout=20)
+        stop(*procs)
 
 
 if __name__ == "__main__":

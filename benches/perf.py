@@ -11,7 +11,6 @@ Needs perf and wrk. The profiling build carries the symbols the release build st
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fakeenv import broker_env, wait_file  # noqa: E402
+from fakeenv import broker_env, start_fakecloud, stop, wait_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTH = "credbroker-perf-auth-token-0123456789"
@@ -60,11 +59,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=6)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="credbroker-perf-"))
-    fake = subprocess.Popen([args.fakecloud, "run", "--state-dir", str(tmp / "cloud"), "--ready-file",
-                             str(tmp / "ready.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fake, desc = start_fakecloud(args.fakecloud, tmp)
     procs = [fake]
     try:
-        desc = json.loads(wait_file(tmp / "ready.json", fake))
         (tmp / "auth").write_text(AUTH)
         broker = subprocess.Popen(
             ["taskset", "-c", "1", args.broker, "--log-level", "warn", "serve", "--listen", "127.0.0.1:0",
@@ -102,10 +99,7 @@ def main() -> None:
         print("\n".join(report(data, "--sort", "sym", "--dsos", Path(args.broker).name)[:10]))
         broker.send_signal(signal.SIGTERM)
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                p.wait(timeout=20)
+        stop(*procs)
 
 
 if __name__ == "__main__":

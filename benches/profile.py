@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fakeenv import broker_env, wait_file  # noqa: E402
+from fakeenv import broker_env, start_fakecloud, stop, wait_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IDENTITY_HEADER = "credbroker-bench-identity-header"
@@ -110,11 +110,9 @@ def main() -> None:
     outdir = ROOT / "target/profile"
     outdir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="credbroker-profile-"))
-    fake = subprocess.Popen([args.fakecloud, "run", "--state-dir", str(tmp / "cloud"), "--ready-file",
-                             str(tmp / "ready.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fake, desc = start_fakecloud(args.fakecloud, tmp)
     procs = [fake]
     try:
-        desc = json.loads(wait_file(tmp / "ready.json", fake))
         env = broker_env(desc)
         dump = outdir / f"callgrind.{args.label}"
         broker = subprocess.Popen(
@@ -164,12 +162,7 @@ def main() -> None:
         print(json.dumps({"connections": args.connections, "seconds": args.seconds, "label": args.label,
                           "broker_args": args.broker_args, "results": results}, indent=2))
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(*procs)
 
 
 if __name__ == "__main__":

@@ -659,7 +659,6 @@ fn summarise(
     let aa = AaSpread::of(&rounds);
     // A void cell is summarised like any other, and flagged.
     let void = aa.is_some_and(|aa| !rule.holds(&aa));
-    let counted: Vec<&Round> = rounds.iter().collect();
     let labels: Vec<String> = rounds
         .first()
         .map(|r| r.runs.keys().cloned().collect())
@@ -667,7 +666,7 @@ fn summarise(
     let summary = labels
         .into_iter()
         .map(|label| {
-            let runs: Vec<(&RunStats, Option<&RunStats>)> = counted
+            let runs: Vec<(&RunStats, Option<&RunStats>)> = rounds
                 .iter()
                 .filter_map(|r| r.runs.get(&label).map(|s| (s, r.runs.get(FLOOR))))
                 .collect();

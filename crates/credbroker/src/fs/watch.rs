@@ -15,15 +15,10 @@ use tokio::sync::Notify;
 
 /// Wakes its reader on changes in one directory until dropped.
 #[must_use = "the directory is watched while this lives"]
+#[derive(Debug)]
 pub(crate) struct DirWatch {
     dir: PathBuf,
     id: u64,
-}
-
-impl std::fmt::Debug for DirWatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DirWatch").field("dir", &self.dir).finish()
-    }
 }
 
 /// The readers of each watched directory. The watcher's thread takes only this lock (in
@@ -59,19 +54,17 @@ impl Shared {
             }
         };
         match event {
-            Ok(event) if event.paths.is_empty() => {
-                readers.values().flatten().for_each(|(_, n)| n.notify_one())
-            }
-            Ok(event) if may_change(&event.kind) => {
-                for path in &event.paths {
-                    if let Some(dir) = path.parent() {
-                        wake(dir);
+            Ok(event) if !event.paths.is_empty() => {
+                if may_change(&event.kind) {
+                    for path in &event.paths {
+                        if let Some(dir) = path.parent() {
+                            wake(dir);
+                        }
+                        wake(path);
                     }
-                    wake(path);
                 }
             }
-            Ok(_) => {}
-            Err(_) => readers.values().flatten().for_each(|(_, n)| n.notify_one()),
+            _ => readers.values().flatten().for_each(|(_, n)| n.notify_one()),
         }
     }
 

@@ -33,11 +33,11 @@ pub trait Handler: Send + Sync + 'static {
     /// The answer when it needs no waiting; otherwise the request is given back (boxed: the
     /// rare path) and [`Handler::call`] answers. Called when hyper hands over the request,
     /// before any future exists, so the request head is dropped before hyper reads from the
-    /// connection again. A head kept alive
-    /// into the response future pins hyper's read buffer (header values and the path are slices
-    /// of it): hyper's keep-alive read while the response is pending then found the buffer shared
-    /// and allocated a new one, and the next head's split promoted it again, two allocations per
-    /// request the floor does not make (callgrind: `BytesMut::reserve_inner`, `split_to`).
+    /// connection again. A head kept alive into the response future pins hyper's read buffer
+    /// (header values and the path are slices of it): hyper's keep-alive read while the
+    /// response is pending then found the buffer shared and allocated a new one, and the next
+    /// head's split promoted it again, two allocations per request the floor does not make
+    /// (callgrind: `BytesMut::reserve_inner`, `split_to`).
     fn call_now(&self, req: Parts) -> Result<Resp, Box<Parts>> {
         Err(Box::new(req))
     }
