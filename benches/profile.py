@@ -55,9 +55,17 @@ def requests_for(auth: str, session: str) -> dict[str, tuple[str, dict]]:
     }
 
 
-def callgrind(out: Path, cache_sim: bool = False) -> list[str]:
-    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
-            f"--cache-sim={'yes' if cache_sim else 'no'}"]
+def callgrind(out: Path, cache_sim: bool = False, lines: bool = False) -> list[str]:
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
+           f"--cache-sim={'yes' if cache_sim or lines else 'no'}"]
+    if lines:
+        # 4 KiB L1s (64 lines): a loop's lines stay, but a request's footprint (well over 32
+        # KiB of code for hyper alone) cannot, so misses approximate the distinct code and data
+        # lines one request touches. That is what a request costs when the kernel's work between
+        # requests has evicted the server's lines, which the default model (user space only)
+        # never does.
+        cmd += ["--I1=4096,4,64", "--D1=4096,4,64", "--LL=67108864,16,64"]
+    return cmd
 
 
 def drive(addr: str, path: str, headers: dict, pid: int, seconds: int, conns: int, tmp: Path,
@@ -102,10 +110,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--floor-args", default="",
+                    help="flags for the floor (e.g. --header-read-timeout-ms 0: hyper without its "
+                         "per-request header timer)")
     ap.add_argument("--label", default="broker")
     ap.add_argument("--cache-sim", action="store_true",
                     help="callgrind's cache simulation: I1/D1/LL misses per request as well "
                          "(a model of the host's caches, user space only; slower)")
+    ap.add_argument("--lines", action="store_true",
+                    help="4 KiB L1 caches instead: misses per request approximate the distinct "
+                         "code (I1) and data (D1) lines a request touches")
     args = ap.parse_args()
     outdir = ROOT / "target/profile"
     outdir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +130,7 @@ def main() -> None:
         env = broker_env(desc)
         dump = outdir / f"callgrind.{args.label}"
         broker = subprocess.Popen(
-            callgrind(dump, args.cache_sim) + [args.broker, "--log-level", "warn", *shlex.split(args.broker_args), "serve",
+            callgrind(dump, args.cache_sim, args.lines) + [args.broker, "--log-level", "warn", *shlex.split(args.broker_args), "serve",
                                "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0",
                                "--addr-file", str(tmp / "addrs"), "--aws-auth-token-file", str(tmp / "auth"),
                                "--azure-identity-header", IDENTITY_HEADER],
@@ -146,8 +160,9 @@ def main() -> None:
                                      if k.lower() not in ("content-length", "date", "connection")]}
                 fdump = outdir / "callgrind.floor"
                 faddr_file = tmp / f"floor-{target}"
-                floor = subprocess.Popen(callgrind(fdump, args.cache_sim) + [args.bench, "floor", "--shape", json.dumps(shape),
-                                                              "--addr-file", str(faddr_file)],
+                floor = subprocess.Popen(callgrind(fdump, args.cache_sim, args.lines) + [args.bench, "floor", "--shape", json.dumps(shape),
+                                                              "--addr-file", str(faddr_file),
+                                                              *shlex.split(args.floor_args)],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 procs.append(floor)
                 faddr = wait_file(faddr_file, floor).strip()

@@ -3,5 +3,6 @@
 pub mod client;
 pub mod drain;
 pub mod guard;
+pub mod idle;
 pub mod memo;
 pub mod server;

@@ -19,27 +19,30 @@ use http::request::Parts;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use super::drain::Drain;
+use super::idle::{Activity, IdleDeadline};
 
 pub type Resp = Response<Full<Bytes>>;
 
 /// Handles a request head; bodies are never read (no credential request has one).
 pub trait Handler: Send + Sync + 'static {
-    /// The answer when it needs no waiting; otherwise the request is given back (boxed: the
-    /// rare path) and [`Handler::call`] answers. Called when hyper hands over the request,
-    /// before any future exists, so the request head is dropped before hyper reads from the
-    /// connection again. A head kept alive into the response future pins hyper's read buffer
-    /// (header values and the path are slices of it): hyper's keep-alive read while the
-    /// response is pending then found the buffer shared and allocated a new one, and the next
-    /// head's split promoted it again, two allocations per request the floor does not make
-    /// (callgrind: `BytesMut::reserve_inner`, `split_to`).
-    fn call_now(&self, req: Parts) -> Result<Resp, Box<Parts>> {
-        Err(Box::new(req))
+    /// The answer when it needs no waiting; `None` leaves the request to [`Handler::call`].
+    /// Called when hyper hands over the request, before any future exists, so the request head
+    /// is dropped before hyper reads from the connection again. A head kept alive into the
+    /// response future pins hyper's read buffer (header values and the path are slices of it):
+    /// hyper's keep-alive read while the response is pending then found the buffer shared and
+    /// allocated a new one, and the next head's split promoted it again, two allocations per
+    /// request the floor does not make (callgrind: `BytesMut::reserve_inner`, `split_to`). The
+    /// head is lent, not given: moving it (and the answer) through the layers cost a `memcpy`
+    /// per move.
+    fn call_now(&self, req: &Parts) -> Option<Resp> {
+        let _ = req;
+        None
     }
 
     fn call(&self, req: Parts) -> impl Future<Output = Resp> + Send;
@@ -47,8 +50,10 @@ pub trait Handler: Send + Sync + 'static {
 
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
-    /// Time allowed for a request's headers to arrive, and for an idle keep-alive connection;
-    /// also how long a response write may stall on a client that does not read.
+    /// How long a connection may be quiet — no request head completed, none in flight: a
+    /// silent or dripping client, an idle keep-alive connection — before it is closed (within
+    /// a quarter more: `http::idle`); also how long a response write may stall on a client
+    /// that does not read.
     pub header_read_timeout: Duration,
     /// Bytes of request line plus headers (hyper's read buffer).
     pub max_header_bytes: usize,
@@ -140,9 +145,10 @@ struct HeadOnly<H>(Arc<H>);
 impl<H: Handler> Serve for HeadOnly<H> {
     fn serve_now(&self, req: Request<Incoming>) -> Result<Resp, Box<Request<Incoming>>> {
         let (parts, body) = req.into_parts();
-        self.0
-            .call_now(parts)
-            .map_err(|parts| Box::new(Request::from_parts(*parts, body)))
+        match self.0.call_now(&parts) {
+            Some(resp) => Ok(resp),
+            None => Err(Box::new(Request::from_parts(parts, body))),
+        }
     }
 
     async fn serve(&self, req: Request<Incoming>) -> Resp {
@@ -182,9 +188,10 @@ async fn serve_conns<S: Serve, A: Accept>(
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let drain = Arc::new(Drain::default());
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // No hyper timer: its header-read timeout is a timer per request; the same protection is
+    // kept per connection by `IdleDeadline` (see `http::idle`).
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     loop {
@@ -217,22 +224,34 @@ async fn serve_conns<S: Serve, A: Accept>(
                 }
                 Err(_) => return,
             };
+            let activity = Arc::new(Activity::default());
+            let seen = activity.clone();
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 // Answered here when it can be, so the request is gone before the future is;
                 // the service is cloned (a shared count, touched from every core) only to wait.
                 let pending = match service.serve_now(req) {
-                    Ok(resp) => Ok(resp),
-                    Err(req) => Err((service.clone(), req)),
+                    Ok(resp) => {
+                        activity.answered();
+                        Ok(resp)
+                    }
+                    Err(req) => {
+                        activity.begin();
+                        Err((service.clone(), req, activity.clone()))
+                    }
                 };
                 async move {
                     Ok::<_, Infallible>(match pending {
                         Ok(resp) => resp,
-                        Err((service, req)) => service.serve(*req).await,
+                        Err((service, req, activity)) => {
+                            let resp = service.serve(*req).await;
+                            activity.end();
+                            resp
+                        }
                     })
                 }
             });
             let conn = builder.serve_connection(TokioIo::new(WriteDeadline::new(io, timeout)), svc);
-            let _ = drain.watch(conn).await;
+            let _ = IdleDeadline::new(drain.watch(conn), seen, timeout).await;
             drop(permit);
         });
     }
