@@ -512,6 +512,22 @@ async fn slow_and_idle_clients_are_cut_off() {
         "idle keep-alive kept"
     );
 
+    // A busy keep-alive connection is not quiet: a request every 100 ms for 2 s (four times
+    // the timeout) is answered on one connection throughout. Fails if the service stops
+    // reporting its requests to the per-connection deadline (`http::idle`).
+    let mut s = TcpStream::connect(a).await.unwrap();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        s.write_all(req.as_bytes()).await.unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"),
+            "a busy keep-alive connection was cut after {:?}",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // A client that pipelines requests and never reads the answers is dropped once the
     // server's writes stall, instead of holding a connection (and a slot) forever. Judged by
     // the broker's open descriptors: reading the socket here would unblock the server.
